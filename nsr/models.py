@@ -1,0 +1,249 @@
+"""The paper's architectures, with stable, documented layer names for NSR to hook.
+
+Layer names follow the paper's numbering so that an experiment can say "NSR on layer 4 of MLP-4":
+
+* ``mlp(depth)`` — MLP-L of appendix Table 1. The input is layer 1; ``layer2`` … ``layer{L-1}`` are the
+  hidden layers (Linear → [BatchNorm] → ReLU; their output is the post-ReLU response) and ``layer{L}`` is the
+  output layer (logits). Dropout, when asked for, is a separate module ``dropout{k}`` after hidden layer k,
+  so the hooked response is not the dropped-out one.
+* ``gnn(kind, depth, ...)`` — GCN / GraphSAGE with GNN-L hidden sizes of Table 1; ``layer1`` … ``layer{L}``
+  (hidden layers post-ReLU, the last one the logits), called as ``model(x, adj)``.
+* ``resnet18_cifar()`` — the CIFAR ResNet-18 (3×3 stem, no max-pool) the paper's CIFAR code uses; blocks
+  ``layer1`` … ``layer4``, pooled feature ``pool`` (512-d), logits ``fc``.
+* ``vgg19_cifar()`` — VGG-19 with BN for CIFAR of Liu et al. (2019); ``features``, pooled feature ``pool``,
+  logits ``classifier``.
+* ``resnet50()`` — torchvision's ResNet-50 (``avgpool`` is the 2048-d feature the authors regularize, ``fc``
+  the logits).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MLP_HIDDEN", "GNN_HIDDEN", "mlp", "gnn", "GNN", "SAGELayer", "resnet18_cifar", "vgg19_cifar", "resnet50"]
+
+#: Hidden layer sizes of appendix Table 1.
+MLP_HIDDEN: dict[int, list[int]] = {
+    3: [100],
+    4: [256, 100],
+    6: [256, 128, 64, 32],
+    8: [256, 128, 64, 32, 32, 16],
+    10: [256, 128, 64, 64, 32, 32, 16, 16],
+}
+GNN_HIDDEN: dict[int, list[int]] = {2: [100], 3: [256, 100], 4: [256, 128, 64]}
+
+
+def mlp(
+    depth: int,
+    in_features: int = 784,
+    num_classes: int = 10,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """MLP-``depth`` (3, 4, 6, 8 or 10) of appendix Table 1; Xavier-normal weights and zero biases.
+
+    Flattens its input, so it takes ``[B, 1, 28, 28]`` images as well as ``[B, 784]``.
+    """
+    if depth not in MLP_HIDDEN:
+        raise ValueError(f"depth must be one of {sorted(MLP_HIDDEN)}, got {depth!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    sizes = [in_features, *MLP_HIDDEN[depth]]
+    modules: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=2):
+        block: OrderedDict[str, nn.Module] = OrderedDict(linear=nn.Linear(fan_in, fan_out))
+        if batch_norm:
+            block["bn"] = nn.BatchNorm1d(fan_out)
+        block["relu"] = nn.ReLU()
+        modules[f"layer{k}"] = nn.Sequential(block)
+        if dropout > 0:
+            modules[f"dropout{k}"] = nn.Dropout(dropout)
+    modules[f"layer{depth}"] = nn.Linear(sizes[-1], num_classes)
+    model = nn.Sequential(modules)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+class SAGELayer(nn.Module):
+    """GraphSAGE mean-aggregation layer, ``W_r x_i + W_l mean_{j in N(i)} x_j + b`` (PyG's ``SAGEConv``).
+
+    Mean aggregation commutes with the linear map, so when the layer narrows (``out < in``) the neighbours
+    are projected first and the (cheaper) aggregation runs at the output width. Outputs are identical to
+    ``torch_geometric.nn.SAGEConv`` with the same weights (tested); ``adj`` is an ``edge_index`` or a sparse
+    (CSR) adjacency ``adj_t`` with ``adj_t[i, j] = 1`` for an edge j → i.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        from torch_geometric.nn import SAGEConv
+
+        self.conv = SAGEConv(in_channels, out_channels)
+        self.project_first = out_channels < in_channels
+
+    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
+        conv = self.conv
+        if not self.project_first:
+            return conv(x, adj)
+        projected = F.linear(x, conv.lin_l.weight)
+        out = conv.propagate(adj, x=(projected, projected), size=None)
+        if conv.lin_l.bias is not None:
+            out = out + conv.lin_l.bias
+        return out + conv.lin_r(x)
+
+
+class GNN(nn.Module):
+    """A stack of graph convolutions ``layer1`` … ``layerL``: ReLU and dropout between layers."""
+
+    def __init__(self, layers: list[nn.Module], dropout: float) -> None:
+        super().__init__()
+        for k, layer in enumerate(layers, start=1):
+            self.add_module(f"layer{k}", layer)
+        self.depth = len(layers)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
+        for k in range(1, self.depth + 1):
+            x = F.dropout(x, self.dropout, self.training)
+            x = getattr(self, f"layer{k}")(x, adj)
+        return x
+
+
+class _Activated(nn.Module):
+    """A graph convolution followed by ReLU, so that a hook on it sees the post-activation response."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
+        return F.relu(self.conv(x, adj))
+
+
+def gnn(
+    kind: Literal["gcn", "sage"],
+    depth: int,
+    in_channels: int,
+    num_classes: int,
+    dropout: float = 0.5,
+) -> GNN:
+    """GCN or GraphSAGE with ``depth`` (2, 3, 4) layers and the GNN-``depth`` hidden sizes of Table 1."""
+    if depth not in GNN_HIDDEN:
+        raise ValueError(f"depth must be one of {sorted(GNN_HIDDEN)}, got {depth!r}")
+    if kind not in ("gcn", "sage"):
+        raise ValueError(f"kind must be 'gcn' or 'sage', got {kind!r}")
+    from torch_geometric.nn import GCNConv
+
+    sizes = [in_channels, *GNN_HIDDEN[depth], num_classes]
+    layers: list[nn.Module] = []
+    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        conv: nn.Module = GCNConv(fan_in, fan_out, cached=False) if kind == "gcn" else SAGELayer(fan_in, fan_out)
+        layers.append(conv if k == depth else _Activated(conv))
+    return GNN(layers, dropout)
+
+
+# ----------------------------------------------------------------------------- CNNs
+class _BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetCIFAR(nn.Module):
+    """ResNet for 32×32 inputs (He et al. 2016, CIFAR variant): 3×3 stem, four stages, global pooling."""
+
+    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, width: int = 64, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        planes, in_planes = width, width
+        for stage, count in enumerate(blocks, start=1):
+            stride = 1 if stage == 1 else 2
+            layers = []
+            for s in [stride] + [1] * (count - 1):
+                layers.append(_BasicBlock(in_planes, planes, s))
+                in_planes = planes
+            self.add_module(f"layer{stage}", nn.Sequential(*layers))
+            planes *= 2
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.fc(self.pool(out))
+
+
+def resnet18_cifar(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> ResNetCIFAR:
+    """CIFAR ResNet-18; ``width`` < 64 gives the reduced-width variant used on CPU."""
+    return ResNetCIFAR((2, 2, 2, 2), num_classes, width, in_channels)
+
+
+_VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
+
+
+class VGGCIFAR(nn.Module):
+    """VGG-19 with BatchNorm for CIFAR (Liu et al., "Rethinking the value of network pruning", 2019)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for v in _VGG19:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(channels, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
+                channels = int(v)
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AvgPool2d(2), nn.Flatten())
+        self.classifier = nn.Linear(channels, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 0.5)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+def vgg19_cifar(num_classes: int = 10, in_channels: int = 3) -> VGGCIFAR:
+    """VGG-19 (BN) for 32×32 inputs of Liu et al. (2019), the variant the paper cites."""
+    return VGGCIFAR(num_classes, in_channels)
+
+
+def resnet50(num_classes: int = 1000) -> nn.Module:
+    """torchvision ResNet-50 (random init); layer ``avgpool`` is the 2048-d feature, ``fc`` the logits."""
+    from torchvision.models import resnet50 as tv_resnet50
+
+    return tv_resnet50(weights=None, num_classes=num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,169 @@
+"""Results files and the tables built from them.
+
+Every finished run is one JSON line in ``results/<config>/<experiment>.jsonl``: its ``spec`` (everything that
+defines the run, seed included), a ``key`` (hash of the spec), ``metrics``, the per-epoch ``history`` and
+the software versions. Appends take a file lock, so parallel workers never interleave lines; a run that is
+killed before it finishes leaves nothing, and running the grid again skips every key already present.
+Tables and figures in the book are computed from these files by the functions below.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import platform
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["spec_key", "ResultStore", "summarize", "paired_comparison", "mean_std", "versions"]
+
+
+def spec_key(spec: Mapping[str, Any]) -> str:
+    """Stable hash of a run's spec (key order does not matter)."""
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import torch_geometric
+
+        out["torch_geometric"] = torch_geometric.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+class ResultStore:
+    """Append-only JSON-lines file of finished runs."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        with open(self.path) as handle:
+            for line in handle:
+                line = line.strip()
+                if line:
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError:  # a line cut by a crash mid-write: ignore it
+                        continue
+        return out
+
+    def keys(self) -> set[str]:
+        return {r["key"] for r in self.records()}
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, default=float) + "\n"
+        with open(self.path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                size = handle.seek(0, os.SEEK_END)
+                if size:  # after a crash mid-write, start on a fresh line
+                    handle.seek(size - 1)
+                    if handle.read(1) != b"\n":
+                        line = "\n" + line
+                handle.write(line.encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def select(self, **where: Any) -> list[dict[str, Any]]:
+        """Records whose spec has every ``key=value`` of ``where``."""
+        return [r for r in self.records() if all(r["spec"].get(k) == v for k, v in where.items())]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def _group(records: Iterable[Mapping[str, Any]], by: Sequence[str]) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(tuple(_hashable(r["spec"].get(k)) for k in by), []).append(r)
+    return groups
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def summarize(records: Iterable[Mapping[str, Any]], by: Sequence[str], metric: str = "test_error"):  # type: ignore[no-untyped-def]
+    """DataFrame of mean, std and number of seeds of ``metric`` per group of spec values ``by``."""
+    import pandas as pd
+
+    rows = []
+    for key, group in _group(records, by).items():
+        values = [float(r["metrics"][metric]) for r in group]
+        mean, std = mean_std(values)
+        rows.append({**dict(zip(by, key)), "mean": mean, "std": std, "n": len(values)})
+    return pd.DataFrame(rows)
+
+
+def paired_comparison(
+    records: Iterable[Mapping[str, Any]],
+    by: Sequence[str],
+    variant: str,
+    baseline: Any,
+    treatment: Any,
+    metric: str = "test_error",
+    pair_on: str = "seed",
+):  # type: ignore[no-untyped-def]
+    """Baseline vs treatment per group, paired over ``pair_on`` (same seed = same init and batch order).
+
+    Columns: baseline and treatment mean ± std, the relative gain ``(baseline - treatment) / baseline`` (as in
+    the paper's tables), the mean paired difference, the paired t-test p-value (two-sided; NaN with fewer
+    than two pairs) and the number of pairs.
+    """
+    import pandas as pd
+    from scipy import stats
+
+    rows = []
+    for key, group in _group(records, by).items():
+        base = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == baseline}
+        treat = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == treatment}
+        pairs = sorted(set(base) & set(treat))
+        if not pairs:
+            continue
+        b = [base[p] for p in pairs]
+        t = [treat[p] for p in pairs]
+        bm, bs = mean_std(b)
+        tm, ts = mean_std(t)
+        diffs = [x - y for x, y in zip(b, t)]
+        p_value = float("nan")
+        if len(pairs) > 1 and any(d != diffs[0] for d in diffs):
+            p_value = float(stats.ttest_rel(b, t).pvalue)
+        elif len(pairs) > 1:
+            p_value = 0.0 if diffs[0] != 0 else 1.0
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "baseline": bm,
+                "baseline_std": bs,
+                "treatment": tm,
+                "treatment_std": ts,
+                "gain_%": 100.0 * (bm - tm) / bm if bm else float("nan"),
+                "mean_diff": mean_std(diffs)[0],
+                "p_value": p_value,
+                "pairs": len(pairs),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,350 @@
+"""Training loops with or without NSR: mini-batch image classification and full-batch node classification.
+
+Both record, per epoch: the mean training cross-entropy of the mini-batches, the mean NSR penalty, the
+train / validation / test accuracy (eval mode), the aggregated intra-class variance of the tracked layer on
+the training set (Sec. 2.2, Observation 2) and the epoch's training time. The reported result is the test
+accuracy at the epoch of best validation accuracy (the authors' model selection). Deterministic on CPU for a
+given seed: the seed fixes the initialisation (``torch.manual_seed`` before the model is built is the
+caller's job, see :mod:`nsr.experiments`) and a separate generator fixes the mini-batch order, so a vanilla
+and an NSR run with the same seed start from the same weights and see the same batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .measures import ClassMoments
+from .regularizer import NeuronSteadiness
+
+__all__ = ["TrainConfig", "RunResult", "Regularizer", "train_classifier", "train_node_classifier", "evaluate"]
+
+#: An extra loss term: called with (model output, labels, row mask or None) after every forward pass.
+Regularizer = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (the defaults are the authors' MLP / MNIST protocol)."""
+
+    epochs: int = 100
+    lr: float = 0.01
+    batch_size: int = 100
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    milestones: Sequence[int] = ()  # MultiStepLR epochs
+    gamma: float = 0.1
+    nsr_weight: float = 0.0  # lambda; 0 = vanilla
+    nsr_layers: Sequence[str] = ()  # layers NSR regularizes (one in the paper's method)
+    queue_length: int = 5
+    track_layer: str | None = None  # layer whose intra-class variance is recorded (default: first NSR layer)
+    seed: int = 0
+    eval_batch_size: int = 10_000
+    progress: bool = True
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "queue_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("lr", "nsr_weight", "weight_decay", "momentum"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if isinstance(self.nsr_layers, str):
+            self.nsr_layers = (self.nsr_layers,)
+        self.nsr_layers = tuple(self.nsr_layers)
+        self.milestones = tuple(self.milestones)
+        if self.nsr_weight > 0 and not self.nsr_layers:
+            raise ValueError("nsr_weight > 0 needs nsr_layers (the layer names to regularize)")
+
+    @property
+    def tracked(self) -> str | None:
+        return self.track_layer or (self.nsr_layers[0] if self.nsr_layers else None)
+
+
+@dataclass
+class RunResult:
+    """Per-epoch history and the model-selected result of one run."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_acc: float = float("nan")
+    test_acc: float = float("nan")
+
+    @property
+    def test_error(self) -> float:
+        """Test error in % at the best-validation epoch."""
+        return 100.0 * (1.0 - self.test_acc)
+
+    def metrics(self) -> dict[str, float]:
+        last = self.history[-1] if self.history else {}
+        return {
+            "test_acc": self.test_acc,
+            "test_error": self.test_error,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "final_train_ce": last.get("train_ce", float("nan")),
+            "final_variance": last.get("variance", float("nan")),
+            "epoch_time": sum(h["time"] for h in self.history) / max(len(self.history), 1),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "metrics": self.metrics()}
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma) if cfg.milestones else None
+    return opt, sched
+
+
+def _regularizers(model: nn.Module, cfg: TrainConfig, num_classes: int) -> list[NeuronSteadiness]:
+    regs = []
+    if cfg.nsr_weight > 0:
+        for layer in cfg.nsr_layers:
+            reg = NeuronSteadiness(num_classes, cfg.queue_length, cfg.nsr_weight).to(cfg.device)
+            reg.attach(model, layer)
+            regs.append(reg)
+    return regs
+
+
+class _Tracker:
+    """Forward hook on the tracked layer that accumulates class moments while ``active``."""
+
+    def __init__(self, model: nn.Module, layer: str | None, num_classes: int) -> None:
+        self.moments: ClassMoments | None = None
+        self.labels: Tensor | None = None
+        self.mask: Tensor | None = None
+        self.num_classes = num_classes
+        self.handle = None
+        if layer is not None:
+            try:
+                module = model.get_submodule(layer)
+            except AttributeError as err:
+                names = [n for n, _ in model.named_modules() if n]
+                raise ValueError(f"track_layer {layer!r} is not in the model; available layers: {names}") from err
+            self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, _m: nn.Module, _i: Any, out: Any) -> None:
+        if self.moments is not None and self.labels is not None:
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if self.mask is not None:
+                out = out[self.mask]
+            self.moments.update(out, self.labels)
+
+    def start(self, labels: Tensor | None = None, mask: Tensor | None = None) -> None:
+        if self.handle is not None:
+            self.moments = ClassMoments(self.num_classes)
+            self.labels, self.mask = labels, mask
+
+    def stop(self) -> float:
+        value = self.moments.aggregated() if self.moments is not None and self.moments.count is not None else float("nan")
+        self.moments, self.labels, self.mask = None, None, None
+        return value
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 10_000, tracker: _Tracker | None = None) -> tuple[float, float, float]:
+    """(accuracy, mean cross-entropy, aggregated variance of the tracked layer) of ``model`` on ``(x, y)``."""
+    model.eval()
+    correct, loss = 0, 0.0
+    if tracker is not None:
+        tracker.start()
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        if tracker is not None:
+            tracker.labels = yb
+        out = model(xb)
+        correct += int((out.argmax(1) == yb).sum())
+        loss += float(F.cross_entropy(out, yb, reduction="sum"))
+    variance = tracker.stop() if tracker is not None else float("nan")
+    return correct / len(y), loss / len(y), variance
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield perm[start : start + batch_size]
+
+
+def _select(result: RunResult) -> None:
+    best = max(range(len(result.history)), key=lambda e: (result.history[e]["val_acc"], -e))
+    result.best_epoch = best + 1
+    result.best_val_acc = result.history[best]["val_acc"]
+    result.test_acc = result.history[best]["test_acc"]
+
+
+def train_classifier(
+    model: nn.Module,
+    data: Any,
+    cfg: TrainConfig,
+    regularizers: Sequence[Regularizer] = (),
+) -> RunResult:
+    """Mini-batch training on in-memory tensors (:class:`nsr.data.ImageSplits`), with NSR when ``cfg.nsr_weight > 0``.
+
+    ``regularizers`` are extra loss terms (used by the baselines chapter). The training set is shuffled once per
+    epoch with a generator seeded by ``cfg.seed`` and sliced into batches: no DataLoader overhead.
+    """
+    device = torch.device(cfg.device)
+    model.to(device)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    splits = {s: tuple(t.to(device) for t in data.split(s)) for s in ("val", "test")}
+    num_classes = int(data.num_classes)
+    opt, sched = _optimizer(model, cfg)
+    regs = _regularizers(model, cfg, num_classes)
+    tracker = _Tracker(model, cfg.tracked, num_classes)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    result = RunResult()
+    bar = tqdm(range(cfg.epochs), desc=f"train seed={cfg.seed}", disable=not cfg.progress, leave=False)
+    try:
+        for epoch in bar:
+            model.train()
+            start = time.perf_counter()
+            ce_sum = torch.zeros((), device=device)
+            pen_sum = torch.zeros((), device=device)
+            steps = 0
+            for idx in _batches(len(y), cfg.batch_size, generator):
+                xb, yb = x[idx], y[idx]
+                out = model(xb)
+                ce = F.cross_entropy(out, yb)
+                loss = ce
+                for reg in regs:
+                    penalty = reg.penalty(yb)
+                    loss = loss + penalty
+                    pen_sum += penalty.detach()
+                for extra in regularizers:
+                    loss = loss + extra(out, yb, None)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                ce_sum += ce.detach()
+                steps += 1
+            if sched is not None:
+                sched.step()
+            elapsed = time.perf_counter() - start
+            train_acc, train_ce_eval, variance = evaluate(model, x, y, cfg.eval_batch_size, tracker)
+            val_acc = evaluate(model, *splits["val"], cfg.eval_batch_size)[0]
+            test_acc = evaluate(model, *splits["test"], cfg.eval_batch_size)[0]
+            ce_mean = float(ce_sum) / steps
+            result.history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_ce": ce_mean,
+                    "nsr_penalty": float(pen_sum) / steps,
+                    "nsr_ce_ratio": float(pen_sum) / max(float(ce_sum), 1e-30),
+                    "train_ce_eval": train_ce_eval,
+                    "train_acc": train_acc,
+                    "val_acc": val_acc,
+                    "test_acc": test_acc,
+                    "variance": variance,
+                    "time": elapsed,
+                }
+            )
+            bar.set_postfix(ce=f"{ce_mean:.4f}", val=f"{val_acc:.4f}")
+    finally:
+        for reg in regs:
+            reg.detach()
+        tracker.remove()
+    _select(result)
+    return result
+
+
+def adjacency(data: Any) -> Tensor:
+    """Sparse CSR ``adj_t`` of a graph (``adj_t[i, j] = 1`` for an edge j → i), for fast full-batch message passing."""
+    from torch_geometric.utils import to_torch_csr_tensor
+
+    return to_torch_csr_tensor(data.edge_index.flip(0), size=(data.num_nodes, data.num_nodes))
+
+
+@torch.no_grad()
+def _node_eval(model: nn.Module, data: Any, adj: Tensor, tracker: _Tracker) -> dict[str, float]:
+    model.eval()
+    tracker.start(data.y[data.train_mask], data.train_mask)
+    out = model(data.x, adj)
+    variance = tracker.stop()
+    pred = out.argmax(1)
+    accs = {f"{s}_acc": float((pred[m] == data.y[m]).float().mean()) for s, m in (("train", data.train_mask), ("val", data.val_mask), ("test", data.test_mask))}
+    accs["train_ce_eval"] = float(F.cross_entropy(out[data.train_mask], data.y[data.train_mask]))
+    accs["variance"] = variance
+    return accs
+
+
+def train_node_classifier(
+    model: nn.Module,
+    data: Any,
+    cfg: TrainConfig,
+    regularizers: Sequence[Regularizer] = (),
+) -> RunResult:
+    """Full-batch node classification on a ``torch_geometric`` graph with train/val/test masks.
+
+    Message passing uses a sparse CSR adjacency (same outputs as ``edge_index`` scatter, several times
+    faster on CPU). NSR responses are masked to the training nodes.
+    """
+    device = torch.device(cfg.device)
+    model.to(device)
+    data = data.to(device)
+    adj = adjacency(data).to(device)
+    num_classes = int(data.num_classes)
+    opt, sched = _optimizer(model, cfg)
+    regs = _regularizers(model, cfg, num_classes)
+    tracker = _Tracker(model, cfg.tracked, num_classes)
+    mask, labels = data.train_mask, data.y[data.train_mask]
+    result = RunResult()
+    bar = tqdm(range(cfg.epochs), desc=f"train seed={cfg.seed}", disable=not cfg.progress, leave=False)
+    try:
+        for epoch in bar:
+            model.train()
+            start = time.perf_counter()
+            out = model(data.x, adj)
+            ce = F.cross_entropy(out[mask], labels)
+            loss = ce
+            penalty_total = torch.zeros((), device=device)
+            for reg in regs:
+                penalty = reg.penalty(labels, mask)
+                loss = loss + penalty
+                penalty_total = penalty_total + penalty.detach()
+            for extra in regularizers:
+                loss = loss + extra(out, data.y, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            elapsed = time.perf_counter() - start
+            record = {"epoch": epoch + 1, "train_ce": float(ce), "nsr_penalty": float(penalty_total)}
+            record["nsr_ce_ratio"] = record["nsr_penalty"] / max(record["train_ce"], 1e-30)
+            record.update(_node_eval(model, data, adj, tracker))
+            record["time"] = elapsed
+            result.history.append(record)
+            bar.set_postfix(ce=f"{record['train_ce']:.4f}", val=f"{record['val_acc']:.4f}")
+    finally:
+        for reg in regs:
+            reg.detach()
+        tracker.remove()
+    _select(result)
+    return result

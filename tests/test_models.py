@@ -1,0 +1,62 @@
+"""Architectures of appendix Table 1 and the CNNs, with their documented layer names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.nn import SAGEConv
+from torch_geometric.utils import coalesce, to_torch_csr_tensor
+
+from nsr import models
+
+
+@pytest.mark.parametrize("depth", [3, 4, 6, 8, 10])
+def test_mlp_sizes_names_and_init(depth):
+    model = models.mlp(depth)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == models.MLP_HIDDEN[depth] + [10]
+    assert all(float(m.bias.abs().sum()) == 0 for m in linears)
+    names = [n for n, _ in model.named_children()]
+    assert names == ["flatten"] + [f"layer{k}" for k in range(2, depth + 1)]
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_mlp_options_and_errors():
+    model = models.mlp(4, batch_norm=True, dropout=0.2)
+    assert isinstance(model.layer2.bn, torch.nn.BatchNorm1d) and isinstance(model.dropout2, torch.nn.Dropout)
+    with pytest.raises(ValueError, match="depth"):
+        models.mlp(5)
+
+
+def test_sage_layer_equals_pyg_sageconv():
+    torch.manual_seed(0)
+    edge_index = coalesce(torch.randint(0, 30, (2, 80)))  # real graphs have no duplicate edges
+    x = torch.randn(30, 16)
+    layer = models.SAGELayer(16, 4)
+    reference = SAGEConv(16, 4)
+    reference.load_state_dict(layer.conv.state_dict())
+    adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(30, 30))
+    want = reference(x, edge_index)
+    assert torch.allclose(layer(x, edge_index), want, atol=1e-5)
+    assert torch.allclose(layer(x, adj_t), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_gnn_shapes(kind, depth):
+    model = models.gnn(kind, depth, 8, 3)
+    edge_index = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+    out = model(torch.rand(3, 8), edge_index)
+    assert out.shape == (3, 3)
+    assert [n for n, _ in model.named_children()] == [f"layer{k}" for k in range(1, depth + 1)]
+
+
+def test_cnns_forward_and_names():
+    r = models.resnet18_cifar(width=8)
+    assert r(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert r.pool(r.layer4(r.layer3(r.layer2(r.layer1(torch.relu(r.bn1(r.conv1(torch.rand(2, 3, 32, 32))))))))).shape == (2, 64)
+    assert models.count_parameters(models.resnet18_cifar()) == pytest.approx(11.17e6, rel=0.01)
+    v = models.vgg19_cifar()
+    assert v(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert models.count_parameters(v) == pytest.approx(20.04e6, rel=0.01)
+    assert models.resnet50(num_classes=10)(torch.rand(1, 3, 64, 64)).shape == (1, 10)
