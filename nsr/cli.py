@@ -110,7 +110,7 @@ def book(root: Path = ROOT) -> None:
     from .book import prepare_static
 
     prepare_static(root)
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(root), "-W", "--keep-going"]
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(root), "-W", "--keep-going"]
     raise SystemExit(subprocess.call(cmd, cwd=root))
 
 
