@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "check_batch",
     "ClassMoments",
     "intra_class_variance",
     "aggregated_variance",
@@ -26,11 +27,16 @@ __all__ = [
 ]
 
 
-def _validate(responses: Tensor, labels: Tensor, num_classes: int | None = None) -> Tensor:
+def check_batch(responses: Tensor, labels: Tensor, num_classes: int | None = None) -> Tensor:
+    """Validate ``(responses [B, ...], labels [B])`` and return the responses flattened to ``[B, N]``.
+
+    Raises ``TypeError`` / ``ValueError`` naming the argument; checks the label range only when
+    ``num_classes`` is given (it costs a device sync).
+    """
     if not isinstance(responses, Tensor) or not isinstance(labels, Tensor):
-        raise TypeError("responses and labels must be torch.Tensors")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        raise TypeError(f"responses and labels must be torch.Tensors, got {type(responses).__name__} and {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-d, got shape {tuple(labels.shape)}")
     if responses.dim() < 1 or responses.shape[0] != labels.shape[0]:
@@ -62,7 +68,7 @@ class ClassMoments:
 
     @torch.no_grad()
     def update(self, responses: Tensor, labels: Tensor) -> None:
-        flat = _validate(responses, labels, self.num_classes).double()
+        flat = check_batch(responses, labels, self.num_classes).double()
         labels = labels.to(flat.device)
         J = self.num_classes
         count = torch.bincount(labels, minlength=J).double()
@@ -117,7 +123,7 @@ def consistency_terms(responses: Tensor, labels: Tensor) -> tuple[Tensor, Tensor
 
     K is the number of distinct labels present, in increasing label order.
     """
-    flat = _validate(responses, labels).double()
+    flat = check_batch(responses, labels).double()
     _, index = torch.unique(labels, return_inverse=True)
     K = int(index.max()) + 1
     count = torch.bincount(index, minlength=K).double()

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .measures import check_batch
+
 __all__ = ["NeuronSteadiness"]
 
 
@@ -126,24 +128,9 @@ class NeuronSteadiness(nn.Module):
 
     # ------------------------------------------------------------------ checks
     def _check(self, responses: Tensor, labels: Tensor) -> Tensor:
-        if not isinstance(responses, Tensor):
-            raise TypeError(f"responses must be a torch.Tensor, got {type(responses).__name__}")
-        if not isinstance(labels, Tensor):
-            raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
-        if labels.dim() != 1:
-            raise ValueError(f"labels must be 1-d, got shape {tuple(labels.shape)}")
-        if responses.dim() < 1 or responses.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"responses and labels must have the same batch size, got responses {tuple(responses.shape)} "
-                f"and labels {tuple(labels.shape)}"
-            )
-        if labels.shape[0] == 0:
-            raise ValueError("responses is an empty batch")
+        flat = check_batch(responses, labels)
         if not responses.dtype.is_floating_point:
             raise TypeError(f"responses must be a floating-point tensor, got dtype {responses.dtype}")
-        flat = responses.reshape(responses.shape[0], -1)
         width = self.num_features
         if width is not None and flat.shape[1] != width:
             raise ValueError(

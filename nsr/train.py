@@ -11,6 +11,7 @@ and an NSR run with the same seed start from the same weights and see the same b
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -129,6 +130,21 @@ def _regularizers(model: nn.Module, cfg: TrainConfig, num_classes: int) -> list[
     return regs
 
 
+@contextlib.contextmanager
+def _session(model: nn.Module, cfg: TrainConfig, num_classes: int) -> Iterator[tuple[Any, Any, list[NeuronSteadiness], "_Tracker", Any]]:
+    """Optimizer, scheduler, NSR hooks, variance tracker and progress bar of one run; hooks removed at the end."""
+    opt, sched = _optimizer(model, cfg)
+    regs = _regularizers(model, cfg, num_classes)
+    tracker = _Tracker(model, cfg.tracked, num_classes)
+    bar = tqdm(range(cfg.epochs), desc=f"train seed={cfg.seed}", disable=not cfg.progress, leave=False)
+    try:
+        yield opt, sched, regs, tracker, bar
+    finally:
+        for reg in regs:
+            reg.detach()
+        tracker.remove()
+
+
 class _Tracker:
     """Forward hook on the tracked layer that accumulates class moments while ``active``."""
 
@@ -214,14 +230,9 @@ def train_classifier(
     model.to(device)
     x, y = data.train_x.to(device), data.train_y.to(device)
     splits = {s: tuple(t.to(device) for t in data.split(s)) for s in ("val", "test")}
-    num_classes = int(data.num_classes)
-    opt, sched = _optimizer(model, cfg)
-    regs = _regularizers(model, cfg, num_classes)
-    tracker = _Tracker(model, cfg.tracked, num_classes)
     generator = torch.Generator().manual_seed(cfg.seed)
     result = RunResult()
-    bar = tqdm(range(cfg.epochs), desc=f"train seed={cfg.seed}", disable=not cfg.progress, leave=False)
-    try:
+    with _session(model, cfg, int(data.num_classes)) as (opt, sched, regs, tracker, bar):
         for epoch in bar:
             model.train()
             start = time.perf_counter()
@@ -266,10 +277,6 @@ def train_classifier(
                 }
             )
             bar.set_postfix(ce=f"{ce_mean:.4f}", val=f"{val_acc:.4f}")
-    finally:
-        for reg in regs:
-            reg.detach()
-        tracker.remove()
     _select(result)
     return result
 
@@ -309,14 +316,9 @@ def train_node_classifier(
     model.to(device)
     data = data.to(device)
     adj = adjacency(data).to(device)
-    num_classes = int(data.num_classes)
-    opt, sched = _optimizer(model, cfg)
-    regs = _regularizers(model, cfg, num_classes)
-    tracker = _Tracker(model, cfg.tracked, num_classes)
     mask, labels = data.train_mask, data.y[data.train_mask]
     result = RunResult()
-    bar = tqdm(range(cfg.epochs), desc=f"train seed={cfg.seed}", disable=not cfg.progress, leave=False)
-    try:
+    with _session(model, cfg, int(data.num_classes)) as (opt, sched, regs, tracker, bar):
         for epoch in bar:
             model.train()
             start = time.perf_counter()
@@ -342,9 +344,5 @@ def train_node_classifier(
             record["time"] = elapsed
             result.history.append(record)
             bar.set_postfix(ce=f"{record['train_ce']:.4f}", val=f"{record['val_acc']:.4f}")
-    finally:
-        for reg in regs:
-            reg.detach()
-        tracker.remove()
     _select(result)
     return result
