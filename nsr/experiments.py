@@ -39,7 +39,7 @@ __all__ = ["build_model", "load_data", "run_spec", "run_grid", "train_config"]
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
 _SPEC_FIELDS = _CONFIG_FIELDS | {
     "dataset", "model", "depth", "width", "batch_norm", "dropout", "train_subset", "val_subset",
-    "test_subset", "split_seed", "variant", "experiment", "threads", "measure_layers", "combo",
+    "test_subset", "split_seed", "variant", "experiment", "threads", "measure_layers", "combo", "input_dropout",
 }
 
 
@@ -75,7 +75,10 @@ def build_model(spec: Mapping[str, Any], data: Any) -> torch.nn.Module:
     if kind == "vgg19":
         return models.vgg19_cifar(data.num_classes, data.input_shape[0])
     if kind in ("gcn", "sage"):
-        return models.gnn(kind, int(spec["depth"]), data.num_features, int(data.num_classes), float(spec.get("dropout", 0.5)))
+        return models.gnn(
+            kind, int(spec["depth"]), data.num_features, int(data.num_classes),
+            float(spec.get("dropout", 0.5)), float(spec.get("input_dropout", 0.0)),
+        )
     raise ValueError(f"unknown model {kind!r}; choose mlp, resnet18, vgg19, gcn or sage")
 
 

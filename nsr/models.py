@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP_HIDDEN", "GNN_HIDDEN", "mlp", "gnn", "GNN", "SAGELayer", "resnet18_cifar", "vgg19_cifar", "resnet50"]
+from .graph import Adjacency
+
+__all__ = ["MLP_HIDDEN", "GNN_HIDDEN", "mlp", "gnn", "GNN", "GCNLayer", "SAGELayer", "resnet18_cifar", "vgg19_cifar", "resnet50"]
 
 #: Hidden layer sizes of appendix Table 1.
 MLP_HIDDEN: dict[int, list[int]] = {
@@ -77,8 +79,9 @@ class SAGELayer(nn.Module):
 
     Mean aggregation commutes with the linear map, so when the layer narrows (``out < in``) the neighbours
     are projected first and the (cheaper) aggregation runs at the output width. Outputs are identical to
-    ``torch_geometric.nn.SAGEConv`` with the same weights (tested); ``adj`` is an ``edge_index`` or a sparse
-    (CSR) adjacency ``adj_t`` with ``adj_t[i, j] = 1`` for an edge j → i.
+    ``torch_geometric.nn.SAGEConv`` with the same weights (tested); ``adj`` is an ``edge_index``, a sparse
+    (CSR) adjacency ``adj_t`` with ``adj_t[i, j] = 1`` for an edge j → i, or an :class:`nsr.graph.Adjacency`
+    (fastest).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -90,28 +93,54 @@ class SAGELayer(nn.Module):
 
     def forward(self, x: Tensor, adj: Tensor) -> Tensor:
         conv = self.conv
+        fast = isinstance(adj, Adjacency)
         if not self.project_first:
-            return conv(x, adj)
-        projected = F.linear(x, conv.lin_l.weight)
-        out = conv.propagate(adj, x=(projected, projected), size=None)
+            if not fast:
+                return conv(x, adj)
+            return conv.lin_l(adj.mean(x)) + conv.lin_r(x)
+        # one GEMM for both linear maps: [x W_l^T | x W_r^T]
+        both = F.linear(x, torch.cat((conv.lin_l.weight, conv.lin_r.weight)))
+        projected, root = both.split(conv.out_channels, dim=1)
+        out = adj.mean(projected) if fast else conv.propagate(adj, x=(projected, projected), size=None)
         if conv.lin_l.bias is not None:
             out = out + conv.lin_l.bias
-        return out + conv.lin_r(x)
+        return out + root
+
+
+class GCNLayer(nn.Module):
+    """``torch_geometric.nn.GCNConv``, propagated through a precomputed :class:`nsr.graph.Adjacency` when given one."""
+
+    def __init__(self, in_channels: int, out_channels: int, cached: bool = True) -> None:
+        super().__init__()
+        from torch_geometric.nn import GCNConv
+
+        self.conv = GCNConv(in_channels, out_channels, cached=cached)
+
+    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
+        if not isinstance(adj, Adjacency):
+            return self.conv(x, adj)
+        out = adj.gcn(self.conv.lin(x))
+        return out + self.conv.bias if self.conv.bias is not None else out
 
 
 class GNN(nn.Module):
-    """A stack of graph convolutions ``layer1`` … ``layerL``: ReLU and dropout between layers."""
+    """A stack of graph convolutions ``layer1`` … ``layerL`` with ReLU and dropout between layers.
 
-    def __init__(self, layers: list[nn.Module], dropout: float) -> None:
+    ``dropout`` applies to the hidden representations; ``input_dropout`` to the node features (off by
+    default: on a 13k × 767 feature matrix drawing the mask costs more than the whole rest of a CPU step).
+    """
+
+    def __init__(self, layers: list[nn.Module], dropout: float, input_dropout: float = 0.0) -> None:
         super().__init__()
         for k, layer in enumerate(layers, start=1):
             self.add_module(f"layer{k}", layer)
         self.depth = len(layers)
         self.dropout = dropout
+        self.input_dropout = input_dropout
 
     def forward(self, x: Tensor, adj: Tensor) -> Tensor:
         for k in range(1, self.depth + 1):
-            x = F.dropout(x, self.dropout, self.training)
+            x = F.dropout(x, self.input_dropout if k == 1 else self.dropout, self.training)
             x = getattr(self, f"layer{k}")(x, adj)
         return x
 
@@ -133,20 +162,24 @@ def gnn(
     in_channels: int,
     num_classes: int,
     dropout: float = 0.5,
+    input_dropout: float = 0.0,
+    cached: bool = True,
 ) -> GNN:
-    """GCN or GraphSAGE with ``depth`` (2, 3, 4) layers and the GNN-``depth`` hidden sizes of Table 1."""
+    """GCN or GraphSAGE with ``depth`` (2, 3, 4) layers and the GNN-``depth`` hidden sizes of Table 1.
+
+    ``cached=True`` lets GCN compute its normalised adjacency once (right for transductive training on one
+    fixed graph; pass ``False`` to feed different graphs).
+    """
     if depth not in GNN_HIDDEN:
         raise ValueError(f"depth must be one of {sorted(GNN_HIDDEN)}, got {depth!r}")
     if kind not in ("gcn", "sage"):
         raise ValueError(f"kind must be 'gcn' or 'sage', got {kind!r}")
-    from torch_geometric.nn import GCNConv
-
     sizes = [in_channels, *GNN_HIDDEN[depth], num_classes]
     layers: list[nn.Module] = []
     for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        conv: nn.Module = GCNConv(fan_in, fan_out, cached=False) if kind == "gcn" else SAGELayer(fan_in, fan_out)
+        conv: nn.Module = GCNLayer(fan_in, fan_out, cached) if kind == "gcn" else SAGELayer(fan_in, fan_out)
         layers.append(conv if k == depth else _Activated(conv))
-    return GNN(layers, dropout)
+    return GNN(layers, dropout, input_dropout)
 
 
 # ----------------------------------------------------------------------------- CNNs

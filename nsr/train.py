@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .graph import Adjacency
 from .measures import ClassMoments
 from .regularizer import NeuronSteadiness
 
@@ -281,11 +282,9 @@ def train_classifier(
     return result
 
 
-def adjacency(data: Any) -> Tensor:
-    """Sparse CSR ``adj_t`` of a graph (``adj_t[i, j] = 1`` for an edge j → i), for fast full-batch message passing."""
-    from torch_geometric.utils import to_torch_csr_tensor
-
-    return to_torch_csr_tensor(data.edge_index.flip(0), size=(data.num_nodes, data.num_nodes))
+def adjacency(data: Any) -> Adjacency:
+    """Precomputed propagation operators of a graph (:class:`nsr.graph.Adjacency`), for fast full-batch training."""
+    return Adjacency(data.edge_index, data.num_nodes)
 
 
 @torch.no_grad()
@@ -309,8 +308,8 @@ def train_node_classifier(
 ) -> RunResult:
     """Full-batch node classification on a ``torch_geometric`` graph with train/val/test masks.
 
-    Message passing uses a sparse CSR adjacency (same outputs as ``edge_index`` scatter, several times
-    faster on CPU). NSR responses are masked to the training nodes.
+    Message passing uses precomputed sparse operators (:class:`nsr.graph.Adjacency`: same outputs as
+    ``edge_index`` scatter, several times faster on CPU). NSR responses are masked to the training nodes.
     """
     device = torch.device(cfg.device)
     model.to(device)

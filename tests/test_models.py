@@ -60,3 +60,32 @@ def test_cnns_forward_and_names():
     assert v(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert models.count_parameters(v) == pytest.approx(20.04e6, rel=0.01)
     assert models.resnet50(num_classes=10)(torch.rand(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_fast_adjacency_matches_pyg_layers_and_gradients():
+    from torch_geometric.nn import GCNConv
+
+    from nsr.graph import Adjacency
+
+    torch.manual_seed(1)
+    edge_index = coalesce(torch.randint(0, 40, (2, 150)))
+    edge_index = torch.cat([edge_index, edge_index.flip(0)], 1).unique(dim=1)  # undirected, with some self-loops
+    x = torch.randn(40, 12, requires_grad=True)
+    adj = Adjacency(edge_index, 40)
+    for out_channels in (4, 20):  # projecting first, and not
+        sage = models.SAGELayer(12, out_channels)
+        ref = SAGEConv(12, out_channels)
+        ref.load_state_dict(sage.conv.state_dict())
+        a, b = sage(x, adj), ref(x, edge_index)
+        assert torch.allclose(a, b, atol=1e-5)
+        ga = torch.autograd.grad(a.square().sum(), x)[0]
+        gb = torch.autograd.grad(b.square().sum(), x)[0]
+        assert torch.allclose(ga, gb, atol=1e-4)
+    gcn = models.GCNLayer(12, 5)
+    ref = GCNConv(12, 5)
+    ref.load_state_dict(gcn.conv.state_dict())
+    a, b = gcn(x, adj), ref(x, edge_index)
+    assert torch.allclose(a, b, atol=1e-5)
+    ga = torch.autograd.grad(a.square().sum(), x)[0]
+    gb = torch.autograd.grad(b.square().sum(), x)[0]
+    assert torch.allclose(ga, gb, atol=1e-4)
