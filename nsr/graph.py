@@ -33,7 +33,7 @@ class _SparseMatmul(torch.autograd.Function):
 
 def _csr(row: Tensor, col: Tensor, value: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """CSR matrix with entries (row, col, value) and its transpose, both CSR."""
-    coo = torch.sparse_coo_tensor(torch.stack([row, col]), value, (n, n)).coalesce()
+    coo = torch.sparse_coo_tensor(torch.stack([row, col]), value, (n, n), check_invariants=False).coalesce()
     return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
 
 

@@ -163,3 +163,136 @@ def run_mlp_chapter(
         out["rq4"] = run_grid(mlp_rq4_specs(seeds, base), store, workers, progress)
         out["queue"] = run_grid(mlp_queue_specs(queue_lengths, seeds, base), store, workers, progress)
     return out
+
+
+# ----------------------------------------------------------------------------- GNNs
+#: The paper's GNN test error (%), Table "GNN" (mean, std): dataset -> kind -> depth -> (vanilla, NSR).
+PAPER_GNN_ERROR = {
+    "pubmed": {"sage": {2: ((10.73, 0.06), (9.89, 0.08)), 3: ((10.20, 0.25), (9.48, 0.12)), 4: ((10.43, 0.17), (9.79, 0.19))},
+               "gcn": {2: ((12.02, 0.00), (11.92, 0.00)), 3: ((12.76, 0.18), (12.19, 0.11)), 4: ((14.01, 0.07), (12.96, 0.08))}},
+    "amazon-photo": {"sage": {2: ((5.82, 0.00), (4.54, 0.10)), 3: ((5.20, 0.14), (4.86, 0.13)), 4: ((6.37, 0.30), (5.62, 0.59))},
+                     "gcn": {2: ((6.73, 0.00), (6.27, 0.00)), 3: ((8.00, 0.11), (7.96, 0.10)), 4: ((10.24, 0.14), (9.03, 0.25))}},
+    "amazon-computers": {"sage": {2: ((11.37, 0.55), (10.47, 0.05)), 3: ((11.88, 1.05), (10.22, 0.54)), 4: ((15.49, 0.90), (12.86, 0.82))},
+                         "gcn": {2: ((12.17, 0.07), (10.86, 0.03)), 3: ((14.90, 0.25), (13.66, 0.12)), 4: ((18.07, 0.74), (16.02, 0.23))}},
+    "wikics": {"sage": {2: ((16.81, 0.21), (16.06, 0.33)), 3: ((15.97, 0.18), (15.27, 0.21)), 4: ((16.63, 0.31), (15.43, 0.24))},
+               "gcn": {2: ((18.41, 0.06), (17.99, 0.05)), 3: ((18.66, 0.23), (18.10, 0.27)), 4: ((19.21, 0.31), (18.84, 0.26))}},
+}
+
+
+def gnn_protocol(epochs: int = 200, threads: int = 1) -> dict[str, Any]:
+    """The GNN protocol this book chose (the paper states none): Adam lr 0.01, weight decay 5e-4, dropout 0.5
+    on hidden layers, full batch, ``epochs`` epochs with best-validation selection, a random 60/20/20 split
+    per seed, memory queue M = 5 (full batch: the queue spans the last 5 epochs' training nodes)."""
+    return {"model": None, "epochs": int(epochs), "lr": 0.01, "optimizer": "adam", "weight_decay": 5e-4,
+            "dropout": 0.5, "queue_length": 5, "threads": threads}
+
+
+def paper_gnn_lambda(dataset: str, kind: str, depth: int) -> float | None:
+    """Appendix Table 3's lambda, or None where the paper has none (Cora, CiteSeer)."""
+    row = GNN_LAMBDA.get(dataset, {}).get(depth)
+    return None if row is None else row[0 if kind == "sage" else 1]
+
+
+def gnn_vanilla_specs(datasets: Sequence[str], kinds: Sequence[str], depths: Sequence[int], seeds: Sequence[int],
+                      base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Vanilla GNN runs; they measure every layer's aggregated variance on the training nodes."""
+    return [
+        {**base, "experiment": "gnn-main", "variant": "vanilla", "dataset": ds, "model": k, "depth": d, "seed": s,
+         "track_layer": "layer1", "measure_layers": [f"layer{i}" for i in range(1, d + 1)]}
+        for ds in datasets for k in kinds for d in depths for s in seeds
+    ]
+
+
+def gnn_chosen_layers(vanilla_records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, int], str]:
+    """(dataset, kind, depth) -> the layer with the largest aggregated variance (trained vanilla, lowest seed)."""
+    best: dict[tuple[str, str, int], tuple[int, str]] = {}
+    for r in vanilla_records:
+        sp = r["spec"]
+        key = (sp["dataset"], sp["model"], int(sp["depth"]))
+        v = r["metrics"].get("layer_variances")
+        if v and (key not in best or sp["seed"] < best[key][0]):
+            best[key] = (sp["seed"], max(v, key=v.__getitem__))
+    return {k: layer for k, (_, layer) in best.items()}
+
+
+def gnn_nsr_specs(layers: Mapping[tuple[str, str, int], str], seeds: Sequence[int], base: Mapping[str, Any],
+                  weights: Mapping[tuple[str, str, int], float] | None = None, variant: str = "nsr-paper") -> list[dict[str, Any]]:
+    """NSR runs on the chosen layers, with the paper's lambda (default) or the given ``weights``."""
+    specs = []
+    for (ds, k, d), layer in sorted(layers.items()):
+        weight = (weights or {}).get((ds, k, d)) if weights is not None else paper_gnn_lambda(ds, k, d)
+        if weight is None:
+            continue
+        for s in seeds:
+            specs.append({**base, "experiment": "gnn-main", "variant": variant, "dataset": ds, "model": k, "depth": d,
+                          "seed": s, "nsr_weight": float(weight), "nsr_layers": [layer], "track_layer": layer})
+    return specs
+
+
+def gnn_lambda_grid_specs(layers: Mapping[tuple[str, str, int], str], grid: Sequence[float], seed: int,
+                          base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One seed per lambda of ``grid`` for each setting; the lambda is then chosen on validation accuracy."""
+    return [
+        {**base, "experiment": "gnn-lambda", "variant": "nsr-grid", "dataset": ds, "model": k, "depth": d,
+         "seed": seed, "nsr_weight": float(w), "nsr_layers": [layer], "track_layer": layer}
+        for (ds, k, d), layer in sorted(layers.items()) for w in grid
+    ]
+
+
+def choose_lambda(grid_records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, int], float]:
+    """Per setting, the grid lambda with the best validation accuracy (ties: the smaller lambda). Never the test set."""
+    best: dict[tuple[str, str, int], tuple[float, float]] = {}
+    for r in grid_records:
+        sp = r["spec"]
+        key = (sp["dataset"], sp["model"], int(sp["depth"]))
+        score = (r["metrics"]["best_val_acc"], -sp["nsr_weight"])
+        if key not in best or score > best[key]:
+            best[key] = score
+    return {k: -v[1] for k, v in best.items()}
+
+
+def gnn_rq4_specs(seeds: Sequence[int], base: Mapping[str, Any], dataset: str = "amazon-computers") -> list[dict[str, Any]]:
+    """RQ4 for GNNs: GraphSAGE-2 with NSR on layer 1, layer 2 and both, the paper's lambda."""
+    weight = paper_gnn_lambda(dataset, "sage", 2) or 0.01
+    return [
+        {**base, "experiment": "gnn-rq4", "variant": "+".join(layers), "dataset": dataset, "model": "sage", "depth": 2,
+         "seed": s, "nsr_weight": weight, "nsr_layers": list(layers), "track_layer": "layer1"}
+        for layers in (("layer1",), ("layer2",), ("layer1", "layer2")) for s in seeds
+    ]
+
+
+def run_gnn_chapter(
+    store: Any,
+    datasets: Sequence[str] = ("amazon-computers", "amazon-photo", "cora", "citeseer"),
+    kinds: Sequence[str] = ("sage", "gcn"),
+    depths: Sequence[int] = (2, 3, 4),
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 200,
+    lambda_grid: Sequence[float] = (0.01, 0.1, 1.0),
+    workers: int = 1,
+    progress: bool = True,
+    focus_dataset: str = "amazon-computers",
+) -> dict[str, list[dict[str, Any]]]:
+    """Every run of the GNN chapter in order (resumable): vanilla, layer choice, NSR with the paper's lambda,
+    the lambda grid on seed ``seeds[0]`` (validation only), NSR with the chosen lambda, RQ4 on ``focus_dataset``."""
+    from . import data as nsr_data
+    from .experiments import run_grid
+
+    base = gnn_protocol(epochs)
+    out: dict[str, list[dict[str, Any]]] = {"not_run": []}
+    reachable = []
+    for ds in datasets:
+        try:
+            nsr_data.load(ds)
+            reachable.append(ds)
+        except nsr_data.DatasetNotAvailable as err:
+            out["not_run"].append({"dataset": ds, "reason": str(err)})
+    out["vanilla"] = run_grid(gnn_vanilla_specs(reachable, kinds, depths, seeds, base), store, workers, progress)
+    layers = gnn_chosen_layers(out["vanilla"])
+    out["nsr-paper"] = run_grid(gnn_nsr_specs(layers, seeds, base), store, workers, progress)
+    out["grid"] = run_grid(gnn_lambda_grid_specs(layers, lambda_grid, seeds[0], base), store, workers, progress)
+    chosen = choose_lambda(out["grid"])
+    out["nsr-val"] = run_grid(gnn_nsr_specs(layers, seeds, base, chosen, "nsr-val"), store, workers, progress)
+    if focus_dataset in reachable and "sage" in kinds and 2 in depths:
+        out["rq4"] = run_grid(gnn_rq4_specs(seeds, base, focus_dataset), store, workers, progress)
+    return out

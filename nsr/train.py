@@ -337,7 +337,7 @@ def train_node_classifier(
             if sched is not None:
                 sched.step()
             elapsed = time.perf_counter() - start
-            record = {"epoch": epoch + 1, "train_ce": float(ce), "nsr_penalty": float(penalty_total)}
+            record = {"epoch": epoch + 1, "train_ce": float(ce.detach()), "nsr_penalty": float(penalty_total)}
             record["nsr_ce_ratio"] = record["nsr_penalty"] / max(record["train_ce"], 1e-30)
             record.update(_node_eval(model, data, adj, tracker))
             record["time"] = elapsed
