@@ -53,6 +53,9 @@ class TrainConfig:
     eval_batch_size: int = 10_000
     progress: bool = True
     device: str = "cpu"
+    augment: str | None = None  # None, "cifar" (crop 32 pad 4 + flip) or "cifar-cutout" (+ Cutout 16 px)
+    workers: int = 0  # DataLoader workers when batches come from a DataLoader (augmentation, ImageFolder)
+    amp: bool = False  # autocast to bfloat16 (NSR still accumulates in float32)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "queue_length"):
@@ -71,6 +74,8 @@ class TrainConfig:
             self.nsr_layers = (self.nsr_layers,)
         self.nsr_layers = tuple(self.nsr_layers)
         self.milestones = tuple(self.milestones)
+        if self.augment not in (None, "cifar", "cifar-cutout"):
+            raise ValueError(f"augment must be None, 'cifar' or 'cifar-cutout', got {self.augment!r}")
         if self.nsr_weight > 0 and not self.nsr_layers:
             raise ValueError("nsr_weight > 0 needs nsr_layers (the layer names to regularize)")
 
@@ -87,6 +92,7 @@ class RunResult:
     best_epoch: int = -1
     best_val_acc: float = float("nan")
     test_acc: float = float("nan")
+    test_top5: float = float("nan")
 
     @property
     def test_error(self) -> float:
@@ -98,6 +104,7 @@ class RunResult:
         return {
             "test_acc": self.test_acc,
             "test_error": self.test_error,
+            "test_top5_error": 100.0 * (1.0 - self.test_top5),
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
             "final_train_ce": last.get("train_ce", float("nan")),
@@ -121,7 +128,19 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimize
     return opt, sched
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (layer names refer to it)."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def _regularizers(model: nn.Module, cfg: TrainConfig, num_classes: int) -> list[NeuronSteadiness]:
+    model = _unwrap(model)
     regs = []
     if cfg.nsr_weight > 0:
         for layer in cfg.nsr_layers:
@@ -136,7 +155,7 @@ def _session(model: nn.Module, cfg: TrainConfig, num_classes: int) -> Iterator[t
     """Optimizer, scheduler, NSR hooks, variance tracker and progress bar of one run; hooks removed at the end."""
     opt, sched = _optimizer(model, cfg)
     regs = _regularizers(model, cfg, num_classes)
-    tracker = _Tracker(model, cfg.tracked, num_classes)
+    tracker = _Tracker(_unwrap(model), cfg.tracked, num_classes)
     bar = tqdm(range(cfg.epochs), desc=f"train seed={cfg.seed}", disable=not cfg.progress, leave=False)
     try:
         yield opt, sched, regs, tracker, bar
@@ -186,21 +205,60 @@ class _Tracker:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 10_000, tracker: _Tracker | None = None) -> tuple[float, float, float]:
-    """(accuracy, mean cross-entropy, aggregated variance of the tracked layer) of ``model`` on ``(x, y)``."""
+def evaluate_batches(model: nn.Module, batches: Any, tracker: _Tracker | None = None, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Accuracy, top-5 accuracy, mean cross-entropy and the tracked layer's aggregated variance over ``batches``."""
     model.eval()
-    correct, loss = 0, 0.0
+    correct = top5 = total = 0
+    loss = 0.0
     if tracker is not None:
         tracker.start()
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+    for xb, yb in batches:
+        xb, yb = xb.to(device), yb.to(device)
         if tracker is not None:
             tracker.labels = yb
         out = model(xb)
         correct += int((out.argmax(1) == yb).sum())
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        k = min(5, out.shape[1])
+        top5 += int((out.topk(k, 1).indices == yb[:, None]).any(1).sum())
+        loss += float(F.cross_entropy(out.float(), yb, reduction="sum"))
+        total += len(yb)
     variance = tracker.stop() if tracker is not None else float("nan")
-    return correct / len(y), loss / len(y), variance
+    return {"acc": correct / total, "top5": top5 / total, "ce": loss / total, "variance": variance}
+
+
+def _slices(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    for start in range(0, len(y), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 10_000, tracker: _Tracker | None = None) -> tuple[float, float, float]:
+    """(accuracy, mean cross-entropy, aggregated variance of the tracked layer) of ``model`` on ``(x, y)``."""
+    m = evaluate_batches(model, _slices(x, y, batch_size), tracker, x.device)
+    return m["acc"], m["ce"], m["variance"]
+
+
+class AugmentedTensors(torch.utils.data.Dataset):
+    """In-memory images with a per-sample torchvision transform (for the DataLoader path)."""
+
+    def __init__(self, x: Tensor, y: Tensor, transform: Callable[[Tensor], Tensor]) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.transform(self.x[i]), self.y[i]
+
+
+def augmentation(name: str) -> Callable[[Tensor], Tensor]:
+    """The CIFAR recipes of the authors' code: random crop 32 with padding 4 and horizontal flip, plus Cutout
+    (one 16×16 hole, as ``RandomErasing`` with a fixed 16×16 box kept inside the image) for "cifar-cutout"."""
+    from torchvision.transforms import v2
+
+    steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+    if name == "cifar-cutout":
+        steps.append(v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0))
+    return v2.Compose(steps)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -214,6 +272,7 @@ def _select(result: RunResult) -> None:
     result.best_epoch = best + 1
     result.best_val_acc = result.history[best]["val_acc"]
     result.test_acc = result.history[best]["test_acc"]
+    result.test_top5 = result.history[best].get("test_top5", float("nan"))
 
 
 def train_classifier(
@@ -222,17 +281,53 @@ def train_classifier(
     cfg: TrainConfig,
     regularizers: Sequence[Regularizer] = (),
 ) -> RunResult:
-    """Mini-batch training on in-memory tensors (:class:`nsr.data.ImageSplits`), with NSR when ``cfg.nsr_weight > 0``.
+    """Mini-batch training with NSR when ``cfg.nsr_weight > 0``.
+
+    On in-memory tensors (:class:`nsr.data.ImageSplits`) without augmentation, batches are slices of a
+    seeded permutation (no DataLoader overhead); with ``cfg.augment`` or on disk datasets
+    (:class:`nsr.data.ImageFolderSplits`, ImageNet) they come from a ``torch.utils.data.DataLoader``.
 
     ``regularizers`` are extra loss terms (used by the baselines chapter). The training set is shuffled once per
     epoch with a generator seeded by ``cfg.seed`` and sliced into batches: no DataLoader overhead.
+
+    Under ``torch.distributed`` (``model`` wrapped in ``DistributedDataParallel``) every rank draws the same
+    global batch of ``cfg.batch_size`` and trains on its own share of it; NSR all-reduces the per-class
+    statistics, so the centroids are those of the global batch.
     """
     device = torch.device(cfg.device)
     model.to(device)
-    x, y = data.train_x.to(device), data.train_y.to(device)
-    splits = {s: tuple(t.to(device) for t in data.split(s)) for s in ("val", "test")}
     generator = torch.Generator().manual_seed(cfg.seed)
+    in_memory = hasattr(data, "train_x")
+    if in_memory:
+        x, y = data.train_x.to(device), data.train_y.to(device)
+        evals = {s: tuple(t.to(device) for t in data.split(s)) for s in ("train", "val", "test")}
+    loader = None
+    if not in_memory or cfg.augment:
+        train_set = AugmentedTensors(data.train_x, data.train_y, augmentation(cfg.augment)) if in_memory and cfg.augment else data.train
+        loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True, generator=generator,
+                                             num_workers=cfg.workers, pin_memory=device.type == "cuda")
+
+    def eval_split(split: str, tracker: _Tracker | None = None) -> dict[str, float]:
+        if in_memory:
+            return evaluate_batches(model, _slices(*evals[split], cfg.eval_batch_size), tracker, device)
+        dataset = {"train": data.train, "val": data.val, "test": data.test}[split]
+        batches = torch.utils.data.DataLoader(dataset, cfg.batch_size, num_workers=cfg.workers)
+        return evaluate_batches(model, batches, tracker, device)
+
+    def train_batches() -> Iterator[tuple[Tensor, Tensor]]:
+        if loader is not None:
+            yield from loader
+            return
+        rank, world = _world()
+        for idx in _batches(len(y), cfg.batch_size, generator):
+            if world > 1:
+                if len(idx) < world:  # every rank needs a share (the same decision on every rank)
+                    continue
+                idx = idx.tensor_split(world)[rank]
+            yield x[idx], y[idx]
+
     result = RunResult()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
     with _session(model, cfg, int(data.num_classes)) as (opt, sched, regs, tracker, bar):
         for epoch in bar:
             model.train()
@@ -240,17 +335,18 @@ def train_classifier(
             ce_sum = torch.zeros((), device=device)
             pen_sum = torch.zeros((), device=device)
             steps = 0
-            for idx in _batches(len(y), cfg.batch_size, generator):
-                xb, yb = x[idx], y[idx]
-                out = model(xb)
-                ce = F.cross_entropy(out, yb)
-                loss = ce
-                for reg in regs:
-                    penalty = reg.penalty(yb)
-                    loss = loss + penalty
-                    pen_sum += penalty.detach()
-                for extra in regularizers:
-                    loss = loss + extra(out, yb, None)
+            for xb, yb in train_batches():
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                with autocast:
+                    out = model(xb)
+                    ce = F.cross_entropy(out.float(), yb)
+                    loss = ce
+                    for reg in regs:
+                        penalty = reg.penalty(yb)
+                        loss = loss + penalty
+                        pen_sum += penalty.detach()
+                    for extra in regularizers:
+                        loss = loss + extra(out, yb, None)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -259,25 +355,25 @@ def train_classifier(
             if sched is not None:
                 sched.step()
             elapsed = time.perf_counter() - start
-            train_acc, train_ce_eval, variance = evaluate(model, x, y, cfg.eval_batch_size, tracker)
-            val_acc = evaluate(model, *splits["val"], cfg.eval_batch_size)[0]
-            test_acc = evaluate(model, *splits["test"], cfg.eval_batch_size)[0]
-            ce_mean = float(ce_sum) / steps
+            train_m = eval_split("train", tracker)
+            val_m, test_m = eval_split("val"), eval_split("test")
+            ce_mean = float(ce_sum) / max(steps, 1)
             result.history.append(
                 {
                     "epoch": epoch + 1,
                     "train_ce": ce_mean,
-                    "nsr_penalty": float(pen_sum) / steps,
+                    "nsr_penalty": float(pen_sum) / max(steps, 1),
                     "nsr_ce_ratio": float(pen_sum) / max(float(ce_sum), 1e-30),
-                    "train_ce_eval": train_ce_eval,
-                    "train_acc": train_acc,
-                    "val_acc": val_acc,
-                    "test_acc": test_acc,
-                    "variance": variance,
+                    "train_ce_eval": train_m["ce"],
+                    "train_acc": train_m["acc"],
+                    "val_acc": val_m["acc"],
+                    "test_acc": test_m["acc"],
+                    "test_top5": test_m["top5"],
+                    "variance": train_m["variance"],
                     "time": elapsed,
                 }
             )
-            bar.set_postfix(ce=f"{ce_mean:.4f}", val=f"{val_acc:.4f}")
+            bar.set_postfix(ce=f"{ce_mean:.4f}", val=f"{val_m['acc']:.4f}")
     _select(result)
     return result
 

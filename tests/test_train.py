@@ -83,3 +83,33 @@ def test_grid_resumes_and_tables(tmp_path):
     paired = paired_comparison(records, ["depth"], "variant", "vanilla", "nsr")
     assert paired["pairs"].tolist() == [2]
     assert json.loads(store.path.read_text().splitlines()[0])["history"][0]["epoch"] == 1
+
+
+def test_dataloader_path_with_cifar_augmentation_and_amp():
+    from nsr.data import ImageSplits
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 3, 32, 32, generator=g)
+    y = torch.arange(40) % 4
+    data = ImageSplits("tiny-cifar-format", x[:24], y[:24], x[24:32], y[24:32], x[32:], y[32:], 4)
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, batch_size=8, augment="cifar-cutout", amp=True, nsr_weight=0.05, nsr_layers=("fc",), queue_length=1, progress=False)
+    result = train_classifier(models.resnet18_cifar(num_classes=4, width=4), data, cfg)
+    assert len(result.history) == 2 and result.history[-1]["nsr_penalty"] > 0
+    assert 0 <= result.metrics()["test_top5_error"] <= result.metrics()["test_error"]
+
+
+def test_imagefolder_path_on_the_imagenet_sample(tmp_path):
+    from nsr import data as nsr_data
+
+    sample = nsr_data.data_root() / "ImageNetSample"
+    if not sample.exists():
+        pytest.skip("ImageNetSample not under NSR_DATA")
+    (tmp_path / "train").symlink_to(sample.resolve())
+    (tmp_path / "val").symlink_to(sample.resolve())
+    folder = nsr_data.load("imagenet", path=str(tmp_path))
+    torch.manual_seed(0)
+    # one image per class: with M = 5 the centroid mixes earlier random crops of the same image
+    cfg = TrainConfig(epochs=2, batch_size=5, nsr_weight=0.4, nsr_layers=("pool",), queue_length=5, progress=False)
+    result = train_classifier(models.resnet18_cifar(num_classes=10, width=4), folder, cfg)
+    assert result.history[1]["nsr_penalty"] > 0 and 0 <= result.test_top5 <= 1
