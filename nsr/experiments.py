@@ -40,6 +40,7 @@ _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
 _SPEC_FIELDS = _CONFIG_FIELDS | {
     "dataset", "model", "depth", "width", "batch_norm", "dropout", "train_subset", "val_subset",
     "test_subset", "split_seed", "variant", "experiment", "threads", "measure_layers", "combo", "input_dropout",
+    "path",
 }
 
 
@@ -53,7 +54,7 @@ def load_data(spec: Mapping[str, Any]) -> Any:
     name = spec["dataset"]
     graph = name in nsr_data.GRAPH_DATASETS
     split_seed = int(spec.get("split_seed", spec.get("seed", 0) if graph else 0))
-    data = _cached(name, split_seed)
+    data = _cached(name, split_seed) if name != "imagenet" else nsr_data.load(name, path=spec.get("path"))
     if not graph and any(spec.get(k) for k in ("train_subset", "val_subset", "test_subset")):
         data = data.subset(spec.get("train_subset"), spec.get("val_subset"), spec.get("test_subset"))
     return data
@@ -72,6 +73,10 @@ def build_model(spec: Mapping[str, Any], data: Any) -> torch.nn.Module:
         )
     if kind == "resnet18":
         return models.resnet18_cifar(data.num_classes, int(spec.get("width", 64)), data.input_shape[0])
+    if kind == "lenet":
+        return models.lenet(data.num_classes, data.input_shape[0])
+    if kind == "resnet50":
+        return models.resnet50(data.num_classes)
     if kind == "vgg19":
         return models.vgg19_cifar(data.num_classes, data.input_shape[0])
     if kind in ("gcn", "sage"):
@@ -79,7 +84,7 @@ def build_model(spec: Mapping[str, Any], data: Any) -> torch.nn.Module:
             kind, int(spec["depth"]), data.num_features, int(data.num_classes),
             float(spec.get("dropout", 0.5)), float(spec.get("input_dropout", 0.0)),
         )
-    raise ValueError(f"unknown model {kind!r}; choose mlp, resnet18, vgg19, gcn or sage")
+    raise ValueError(f"unknown model {kind!r}; choose mlp, lenet, resnet18, vgg19, resnet50, gcn or sage")
 
 
 def train_config(spec: Mapping[str, Any]) -> TrainConfig:

@@ -12,6 +12,7 @@ Layer names follow the paper's numbering so that an experiment can say "NSR on l
   ``layer1`` … ``layer4``, pooled feature ``pool`` (512-d), logits ``fc``.
 * ``vgg19_cifar()`` — VGG-19 with BN for CIFAR of Liu et al. (2019); ``features``, pooled feature ``pool``,
   logits ``classifier``.
+* ``lenet()`` — a LeNet-5-style CNN for 28×28 images: ``block1``, ``block2``, ``fc1``, ``fc2``, ``fc3`` (logits).
 * ``resnet50()`` — torchvision's ResNet-50 (``avgpool`` is the 2048-d feature the authors regularize, ``fc``
   the logits).
 """
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from .graph import Adjacency
 
-__all__ = ["MLP_HIDDEN", "GNN_HIDDEN", "mlp", "gnn", "GNN", "GCNLayer", "SAGELayer", "resnet18_cifar", "vgg19_cifar", "resnet50"]
+__all__ = ["MLP_HIDDEN", "GNN_HIDDEN", "mlp", "gnn", "GNN", "GCNLayer", "SAGELayer", "resnet18_cifar", "vgg19_cifar", "resnet50", "lenet", "count_parameters"]
 
 #: Hidden layer sizes of appendix Table 1.
 MLP_HIDDEN: dict[int, list[int]] = {
@@ -275,6 +276,22 @@ def resnet50(num_classes: int = 1000) -> nn.Module:
     from torchvision.models import resnet50 as tv_resnet50
 
     return tv_resnet50(weights=None, num_classes=num_classes)
+
+
+def lenet(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
+    """LeNet-5-style CNN for 28×28 images (the CPU-scale CNN of the CNN chapter).
+
+    ``block1`` (conv 5×5, 6 maps, padding 2, ReLU, 2×2 max-pool), ``block2`` (conv 5×5, 16 maps, ReLU, max-pool),
+    ``fc1`` (400 → 120, ReLU), ``fc2`` (120 → 84, ReLU), ``fc3`` (84 → classes, logits).
+    """
+    return nn.Sequential(OrderedDict(
+        block1=nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),
+        block2=nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)),
+        flatten=nn.Flatten(),
+        fc1=nn.Sequential(nn.Linear(16 * 5 * 5, 120), nn.ReLU()),
+        fc2=nn.Sequential(nn.Linear(120, 84), nn.ReLU()),
+        fc3=nn.Linear(84, num_classes),
+    ))
 
 
 def count_parameters(model: nn.Module) -> int:

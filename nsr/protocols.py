@@ -22,6 +22,9 @@ __all__ = [
     "mlp_queue_specs",
     "chosen_layers",
     "run_mlp_chapter",
+    "run_gnn_chapter",
+    "run_cnn_chapter",
+    "cnn_gpu_specs",
 ]
 
 #: Appendix Table 2 (lambda for MLP and CNN).
@@ -295,4 +298,95 @@ def run_gnn_chapter(
     out["nsr-val"] = run_grid(gnn_nsr_specs(layers, seeds, base, chosen, "nsr-val"), store, workers, progress)
     if focus_dataset in reachable and "sage" in kinds and 2 in depths:
         out["rq4"] = run_grid(gnn_rq4_specs(seeds, base, focus_dataset), store, workers, progress)
+    return out
+
+
+# ----------------------------------------------------------------------------- CNNs
+#: The paper's CNN test error (%) (mean, std): (vanilla, NSR); ResNet-50 is top-5 error.
+PAPER_CNN_ERROR = {
+    ("resnet18", "strong"): ((4.22, 0.07), (3.74, 0.08)),
+    ("vgg19", "strong"): ((9.19, 0.18), (8.09, 0.17)),
+    ("resnet50", "strong"): ((7.82, 0.09), (6.98, 0.08)),
+    ("resnet18", "fcnn"): ((7.96, 0.12), (7.20, 0.09)),
+    ("vgg19", "fcnn"): ((10.57, 0.17), (8.77, 0.10)),
+}
+
+#: Tier 1, the authors' strong setting (GPU and the real datasets): spec fields per model.
+CNN_GPU_RECIPES: dict[str, dict[str, Any]] = {
+    "resnet18": {"dataset": "cifar10", "model": "resnet18", "epochs": 200, "lr": 0.1, "batch_size": 100, "optimizer": "sgd",
+                 "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "milestones": [60, 120, 160], "gamma": 0.2,
+                 "augment": "cifar-cutout", "nsr_layers": ["fc"], "queue_length": 1, "workers": 4},
+    "vgg19": {"dataset": "cifar10", "model": "vgg19", "epochs": 200, "lr": 0.1, "batch_size": 100, "optimizer": "sgd",
+              "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "milestones": [60, 120, 160], "gamma": 0.2,
+              "augment": "cifar", "nsr_layers": ["classifier"], "queue_length": 1, "workers": 4},
+    "resnet50": {"dataset": "imagenet", "model": "resnet50", "epochs": 90, "lr": 0.1, "batch_size": 256, "optimizer": "sgd",
+                 "momentum": 0.9, "weight_decay": 1e-4, "milestones": [30, 60], "gamma": 0.1, "nsr_layers": ["avgpool"],
+                 "queue_length": 1, "workers": 8},
+}
+
+
+def cnn_gpu_specs(models_: Sequence[str], seeds: Sequence[int], queue_length: int | None = None,
+                  device: str = "cuda", amp: bool = True, imagenet_path: str | None = None) -> list[dict[str, Any]]:
+    """Vanilla and NSR runs of tier 1 (lambda from Table 2; M = 1 as the authors' CNN code, or ``queue_length``)."""
+    specs = []
+    for m in models_:
+        recipe = dict(CNN_GPU_RECIPES[m])
+        layers = recipe.pop("nsr_layers")
+        if queue_length is not None:
+            recipe["queue_length"] = queue_length
+        if m == "resnet50" and imagenet_path:
+            recipe["path"] = imagenet_path
+        for s in seeds:
+            base = {**recipe, "experiment": "cnn-gpu", "seed": s, "device": device, "amp": amp, "track_layer": layers[0]}
+            specs.append({**base, "variant": "vanilla"})
+            specs.append({**base, "variant": "nsr", "nsr_weight": CNN_LAMBDA[m], "nsr_layers": layers})
+    return specs
+
+
+def cnn_cpu_protocol(epochs: int = 15, train_subset: int | None = None) -> dict[str, Any]:
+    """Tier 2 (this machine): LeNet-5-style CNN, SGD lr 0.05 momentum 0.9, batch 100, M = 5."""
+    spec: dict[str, Any] = {"model": "lenet", "epochs": int(epochs), "lr": 0.05, "batch_size": 100, "optimizer": "sgd",
+                            "momentum": 0.9, "queue_length": 5, "threads": 1}
+    if train_subset:
+        spec["train_subset"] = int(train_subset)
+    return spec
+
+
+_LENET_LAYERS = ["block1", "block2", "fc1", "fc2", "fc3"]
+
+
+def run_cnn_chapter(
+    store: Any,
+    datasets: Sequence[str] = ("fashion-mnist", "mnist"),
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 15,
+    train_subset: int | None = None,
+    lambda_grid: Sequence[float] = (0.01, 0.1, 1.0),
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, list[dict[str, Any]]]:
+    """Tier 2, resumable: vanilla LeNet runs (measuring every layer), the layer choice, a lambda grid on seed
+    ``seeds[0]`` chosen on validation accuracy, then NSR with the chosen lambda on every seed."""
+    from .experiments import run_grid
+
+    base = cnn_cpu_protocol(epochs, train_subset)
+    out: dict[str, list[dict[str, Any]]] = {}
+    out["vanilla"] = run_grid([
+        {**base, "experiment": "cnn-cpu", "variant": "vanilla", "dataset": ds, "seed": s, "track_layer": "fc3",
+         "measure_layers": _LENET_LAYERS} for ds in datasets for s in seeds], store, workers, progress)
+    chosen: dict[str, str] = {}
+    for r in sorted(out["vanilla"], key=lambda r: r["spec"]["seed"], reverse=True):
+        v = r["metrics"]["layer_variances"]
+        chosen[r["spec"]["dataset"]] = max(v, key=v.__getitem__)
+    grid = [{**base, "experiment": "cnn-lambda", "variant": "nsr-grid", "dataset": ds, "seed": seeds[0], "nsr_weight": float(w),
+             "nsr_layers": [chosen[ds]], "track_layer": chosen[ds]} for ds in datasets for w in lambda_grid]
+    out["grid"] = run_grid(grid, store, workers, progress)
+    best: dict[str, tuple[float, float]] = {}
+    for r in out["grid"]:
+        ds, score = r["spec"]["dataset"], (r["metrics"]["best_val_acc"], -r["spec"]["nsr_weight"])
+        if ds not in best or score > best[ds]:
+            best[ds] = score
+    out["nsr"] = run_grid([
+        {**base, "experiment": "cnn-cpu", "variant": "nsr", "dataset": ds, "seed": s, "nsr_weight": -best[ds][1],
+         "nsr_layers": [chosen[ds]], "track_layer": chosen[ds]} for ds in datasets for s in seeds], store, workers, progress)
     return out
