@@ -40,7 +40,7 @@ _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
 _SPEC_FIELDS = _CONFIG_FIELDS | {
     "dataset", "model", "depth", "width", "batch_norm", "dropout", "train_subset", "val_subset",
     "test_subset", "split_seed", "variant", "experiment", "threads", "measure_layers", "combo", "input_dropout",
-    "path",
+    "path", "method", "method_weight", "method_layer",
 }
 
 
@@ -104,7 +104,17 @@ def run_spec(spec: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
     model = build_model(spec, data)
     start = time.time()
     graph = spec["dataset"] in nsr_data.GRAPH_DATASETS
-    result = (train_node_classifier if graph else train_classifier)(model, data, cfg)
+    methods = []
+    if spec.get("method"):
+        from .baselines import build_method, layer_width
+
+        layer = spec.get("method_layer")
+        width = None
+        if layer and spec["method"].startswith("center"):
+            example = (data.x, adjacency(data)) if graph else (data.train_x[:2],)
+            width = layer_width(model, layer, *example)
+        methods.append(build_method(spec["method"], float(spec.get("method_weight", 0.0)), layer, int(data.num_classes), width))
+    result = (train_node_classifier if graph else train_classifier)(model, data, cfg, methods)
     metrics: dict[str, Any] = result.metrics()
     if spec.get("measure_layers"):
         # aggregated variance of every candidate layer of the trained model on the training set (layer choice)

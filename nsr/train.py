@@ -28,8 +28,9 @@ from .regularizer import NeuronSteadiness
 
 __all__ = ["TrainConfig", "RunResult", "Regularizer", "train_classifier", "train_node_classifier", "evaluate"]
 
-#: An extra loss term: called with (model output, labels, row mask or None) after every forward pass.
-Regularizer = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+#: An extra loss term (:class:`nsr.baselines.Method`): attached to the model, then called with
+#: (inputs, outputs, labels, row mask or None) after every forward pass.
+Regularizer = Any
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainConfig:
     augment: str | None = None  # None, "cifar" (crop 32 pad 4 + flip) or "cifar-cutout" (+ Cutout 16 px)
     workers: int = 0  # DataLoader workers when batches come from a DataLoader (augmentation, ImageFolder)
     amp: bool = False  # autocast to bfloat16 (NSR still accumulates in float32)
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "queue_length"):
@@ -116,8 +118,8 @@ class RunResult:
         return {**asdict(self), "metrics": self.metrics()}
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(model: nn.Module, cfg: TrainConfig, extra: Sequence[nn.Module] = ()) -> tuple[torch.optim.Optimizer, Any]:
+    params = [p for m in (model, *extra) for p in m.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
@@ -151,9 +153,14 @@ def _regularizers(model: nn.Module, cfg: TrainConfig, num_classes: int) -> list[
 
 
 @contextlib.contextmanager
-def _session(model: nn.Module, cfg: TrainConfig, num_classes: int) -> Iterator[tuple[Any, Any, list[NeuronSteadiness], "_Tracker", Any]]:
-    """Optimizer, scheduler, NSR hooks, variance tracker and progress bar of one run; hooks removed at the end."""
-    opt, sched = _optimizer(model, cfg)
+def _session(
+    model: nn.Module, cfg: TrainConfig, num_classes: int, methods: Sequence[Regularizer] = ()
+) -> Iterator[tuple[Any, Any, list[NeuronSteadiness], "_Tracker", Any]]:
+    """Optimizer, scheduler, NSR hooks, extra methods, variance tracker and progress bar of one run; hooks
+    are removed at the end."""
+    for method in methods:
+        method.to(cfg.device).attach(_unwrap(model))
+    opt, sched = _optimizer(model, cfg, methods)
     regs = _regularizers(model, cfg, num_classes)
     tracker = _Tracker(_unwrap(model), cfg.tracked, num_classes)
     bar = tqdm(range(cfg.epochs), desc=f"train seed={cfg.seed}", disable=not cfg.progress, leave=False)
@@ -162,6 +169,8 @@ def _session(model: nn.Module, cfg: TrainConfig, num_classes: int) -> Iterator[t
     finally:
         for reg in regs:
             reg.detach()
+        for method in methods:
+            method.detach()
         tracker.remove()
 
 
@@ -328,25 +337,30 @@ def train_classifier(
 
     result = RunResult()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
-    with _session(model, cfg, int(data.num_classes)) as (opt, sched, regs, tracker, bar):
+    input_grad = any(getattr(m, "needs_input_grad", False) for m in regularizers)
+    with _session(model, cfg, int(data.num_classes), regularizers) as (opt, sched, regs, tracker, bar):
         for epoch in bar:
             model.train()
+            for method in regularizers:
+                method.train()
             start = time.perf_counter()
             ce_sum = torch.zeros((), device=device)
             pen_sum = torch.zeros((), device=device)
             steps = 0
             for xb, yb in train_batches():
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                if input_grad:
+                    xb = xb.clone().requires_grad_()
                 with autocast:
                     out = model(xb)
-                    ce = F.cross_entropy(out.float(), yb)
+                    ce = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
                     loss = ce
                     for reg in regs:
                         penalty = reg.penalty(yb)
                         loss = loss + penalty
                         pen_sum += penalty.detach()
                     for extra in regularizers:
-                        loss = loss + extra(out, yb, None)
+                        loss = loss + extra(xb, out, yb, None)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -413,12 +427,16 @@ def train_node_classifier(
     adj = adjacency(data).to(device)
     mask, labels = data.train_mask, data.y[data.train_mask]
     result = RunResult()
-    with _session(model, cfg, int(data.num_classes)) as (opt, sched, regs, tracker, bar):
+    input_grad = any(getattr(m, "needs_input_grad", False) for m in regularizers)
+    with _session(model, cfg, int(data.num_classes), regularizers) as (opt, sched, regs, tracker, bar):
         for epoch in bar:
             model.train()
+            for method in regularizers:
+                method.train()
             start = time.perf_counter()
-            out = model(data.x, adj)
-            ce = F.cross_entropy(out[mask], labels)
+            x = data.x.clone().requires_grad_() if input_grad else data.x
+            out = model(x, adj)
+            ce = F.cross_entropy(out[mask], labels, label_smoothing=cfg.label_smoothing)
             loss = ce
             penalty_total = torch.zeros((), device=device)
             for reg in regs:
@@ -426,7 +444,7 @@ def train_node_classifier(
                 loss = loss + penalty
                 penalty_total = penalty_total + penalty.detach()
             for extra in regularizers:
-                loss = loss + extra(out, data.y, mask)
+                loss = loss + extra(x, out, data.y, mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,85 @@
+"""The RQ2 baselines and the Optuna lambda search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nsr import baselines, models
+from nsr.results import ResultStore
+from nsr.search import search_weight
+
+
+def _mlp_with_batch():
+    torch.manual_seed(0)
+    model = models.mlp(3, in_features=8, num_classes=3)
+    x, y = torch.randn(16, 8), torch.arange(16) % 3
+    return model, x, y
+
+
+def test_l1_and_decov_values():
+    model, x, y = _mlp_with_batch()
+    l1 = baselines.L1Activation(0.3, "layer2").attach(model)
+    decov = baselines.DeCov(0.7, "layer2").attach(model)
+    out = model(x)
+    h = model.layer2(model.flatten(x))
+    assert float(l1(x, out, y)) == pytest.approx(0.3 * float(h.abs().mean()), rel=1e-6)
+    cov = np.cov(h.detach().numpy().T, bias=True)
+    want = 0.5 * 0.7 * ((cov**2).sum() - (np.diag(cov) ** 2).sum())
+    assert float(decov(x, out, y)) == pytest.approx(want, rel=1e-4)
+    l1.detach()
+    decov.detach()
+
+
+def test_weight_l2_matches_sum_of_squares():
+    model, x, y = _mlp_with_batch()
+    l2 = baselines.WeightL2(0.1).attach(model)
+    want = 0.05 * sum(float(m.weight.square().sum()) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert float(l2(x, model(x), y)) == pytest.approx(want, rel=1e-6)
+
+
+def test_jacobian_estimator_is_unbiased_on_a_linear_map():
+    torch.manual_seed(0)
+    W = torch.randn(4, 6)
+    x = torch.randn(200, 6, requires_grad=True)
+    out = x @ W.T
+    jac = baselines.JacobianNorm(2.0, projections=200)
+    # E[C ||J^T v||^2] = ||J||_F^2 = ||W||_F^2 for every sample
+    assert float(jac(x, out, None)) == pytest.approx(0.5 * 2.0 * float(W.square().sum()), rel=0.05)
+
+
+def test_center_loss_forms():
+    model, x, y = _mlp_with_batch()
+    running = baselines.build_method("center-running", 1.0, "layer2", 3, num_features=100).attach(model)
+    running.train()
+    for _ in range(60):
+        running(x, model(x), y)
+    h = model.layer2(model.flatten(x)).detach()
+    means = torch.stack([h[y == j].mean(0) for j in range(3)])
+    assert torch.allclose(running.centers, means, atol=1e-3)  # the delta rule converges to the class means
+    learned = baselines.build_method("center", 1.0, "layer2", 3, num_features=100).attach(model)
+    assert [n for n, _ in learned.named_parameters()] == ["centers"]
+    loss = learned(x, model(x), y)
+    loss.backward()
+    assert learned.centers.grad is not None and float(learned.centers.grad.abs().sum()) > 0
+
+
+def test_build_method_errors():
+    with pytest.raises(ValueError, match="unknown method"):
+        baselines.build_method("orthogonal", 1.0, None, 3)
+    with pytest.raises(ValueError, match="weight"):
+        baselines.L1Activation(-1.0, "layer2")
+
+
+def test_search_resumes_from_sqlite(tmp_path):
+    spec = {"dataset": "digits", "model": "mlp", "depth": 3, "epochs": 1, "lr": 0.1, "batch_size": 64, "seed": 0,
+            "method": "l1", "method_layer": "layer2"}
+    store = ResultStore(tmp_path / "runs.jsonl")
+    study = search_weight(spec, 2, tmp_path / "search.db", store)
+    assert len(study.trials) == 2 and len(store.records()) == 2
+    weights = [t.params["weight"] for t in study.trials]
+    assert all(1e-4 <= w <= 10 for w in weights)
+    again = search_weight(spec, 3, tmp_path / "search.db", store)  # resumes: one more trial
+    assert len(again.trials) == 3 and [t.params["weight"] for t in again.trials[:2]] == weights
+    assert all("test_error" in t.user_attrs for t in again.trials)
