@@ -151,11 +151,13 @@ def run_grid(
     store: ResultStore,
     workers: int = 1,
     progress: bool = True,
+    execute: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every spec not yet in ``store``; return the records of all ``specs`` (old and new).
 
     ``workers > 1`` runs specs in that many spawned processes with one thread each. Datasets are prepared
-    once in this process before fanning out (and loading is file-locked in any case).
+    once in this process before fanning out (and loading is file-locked in any case). ``execute=False`` runs
+    nothing and returns the records already there (to tabulate a protocol that is still running).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -163,7 +165,7 @@ def run_grid(
     if len(set(keys)) != len(keys):
         raise ValueError("specs contain duplicates")
     done = store.keys()
-    pending = [s for s, k in zip(specs, keys) if k not in done]
+    pending = [s for s, k in zip(specs, keys) if k not in done] if execute else []
     for name in sorted({(s["dataset"], int(s.get("split_seed", 0))) for s in pending}):
         _cached(*name)
     bar = tqdm(total=len(specs), initial=len(specs) - len(pending), desc="runs", disable=not progress)

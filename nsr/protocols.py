@@ -149,22 +149,24 @@ def run_mlp_chapter(
     queue_lengths: Sequence[int] = (1, 2, 10, 20),
     workers: int = 1,
     progress: bool = True,
+    execute: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every run of the MLP chapter, in order: vanilla table, layer choice, NSR table, RQ3, RQ4, queue length.
 
-    Resumable: runs already in ``store`` (an :class:`nsr.results.ResultStore`) are skipped.
+    Resumable: runs already in ``store`` (an :class:`nsr.results.ResultStore`) are skipped; with
+    ``execute=False`` nothing runs and the records present are returned.
     """
     from .experiments import run_grid
 
     base = mlp_protocol(epochs, train_subset)
     out: dict[str, list[dict[str, Any]]] = {}
-    out["vanilla"] = run_grid(mlp_main_specs(depths, seeds, base), store, workers, progress)
+    out["vanilla"] = run_grid(mlp_main_specs(depths, seeds, base), store, workers, progress, execute)
     layers = chosen_layers(out["vanilla"])
-    out["nsr"] = run_grid(mlp_nsr_specs(layers, seeds, base), store, workers, progress)
+    out["nsr"] = run_grid(mlp_nsr_specs(layers, seeds, base), store, workers, progress, execute)
     if 4 in depths:
-        out["rq3"] = run_grid(mlp_rq3_specs(seeds, base), store, workers, progress)
-        out["rq4"] = run_grid(mlp_rq4_specs(seeds, base), store, workers, progress)
-        out["queue"] = run_grid(mlp_queue_specs(queue_lengths, seeds, base), store, workers, progress)
+        out["rq3"] = run_grid(mlp_rq3_specs(seeds, base), store, workers, progress, execute)
+        out["rq4"] = run_grid(mlp_rq4_specs(seeds, base), store, workers, progress, execute)
+        out["queue"] = run_grid(mlp_queue_specs(queue_lengths, seeds, base), store, workers, progress, execute)
     return out
 
 
@@ -275,6 +277,7 @@ def run_gnn_chapter(
     workers: int = 1,
     progress: bool = True,
     focus_dataset: str = "amazon-computers",
+    execute: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every run of the GNN chapter in order (resumable): vanilla, layer choice, NSR with the paper's lambda,
     the lambda grid on seed ``seeds[0]`` (validation only), NSR with the chosen lambda, RQ4 on ``focus_dataset``."""
@@ -290,14 +293,14 @@ def run_gnn_chapter(
             reachable.append(ds)
         except nsr_data.DatasetNotAvailable as err:
             out["not_run"].append({"dataset": ds, "reason": str(err)})
-    out["vanilla"] = run_grid(gnn_vanilla_specs(reachable, kinds, depths, seeds, base), store, workers, progress)
+    out["vanilla"] = run_grid(gnn_vanilla_specs(reachable, kinds, depths, seeds, base), store, workers, progress, execute)
     layers = gnn_chosen_layers(out["vanilla"])
-    out["nsr-paper"] = run_grid(gnn_nsr_specs(layers, seeds, base), store, workers, progress)
-    out["grid"] = run_grid(gnn_lambda_grid_specs(layers, lambda_grid, seeds[0], base), store, workers, progress)
+    out["nsr-paper"] = run_grid(gnn_nsr_specs(layers, seeds, base), store, workers, progress, execute)
+    out["grid"] = run_grid(gnn_lambda_grid_specs(layers, lambda_grid, seeds[0], base), store, workers, progress, execute)
     chosen = choose_lambda(out["grid"])
-    out["nsr-val"] = run_grid(gnn_nsr_specs(layers, seeds, base, chosen, "nsr-val"), store, workers, progress)
+    out["nsr-val"] = run_grid(gnn_nsr_specs(layers, seeds, base, chosen, "nsr-val"), store, workers, progress, execute)
     if focus_dataset in reachable and "sage" in kinds and 2 in depths:
-        out["rq4"] = run_grid(gnn_rq4_specs(seeds, base, focus_dataset), store, workers, progress)
+        out["rq4"] = run_grid(gnn_rq4_specs(seeds, base, focus_dataset), store, workers, progress, execute)
     return out
 
 
@@ -364,6 +367,7 @@ def run_cnn_chapter(
     lambda_grid: Sequence[float] = (0.01, 0.1, 1.0),
     workers: int = 1,
     progress: bool = True,
+    execute: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Tier 2, resumable: vanilla LeNet runs (measuring every layer), the layer choice, a lambda grid on seed
     ``seeds[0]`` chosen on validation accuracy, then NSR with the chosen lambda on every seed."""
@@ -373,14 +377,14 @@ def run_cnn_chapter(
     out: dict[str, list[dict[str, Any]]] = {}
     out["vanilla"] = run_grid([
         {**base, "experiment": "cnn-cpu", "variant": "vanilla", "dataset": ds, "seed": s, "track_layer": "fc3",
-         "measure_layers": _LENET_LAYERS} for ds in datasets for s in seeds], store, workers, progress)
+         "measure_layers": _LENET_LAYERS} for ds in datasets for s in seeds], store, workers, progress, execute)
     chosen: dict[str, str] = {}
     for r in sorted(out["vanilla"], key=lambda r: r["spec"]["seed"], reverse=True):
         v = r["metrics"]["layer_variances"]
         chosen[r["spec"]["dataset"]] = max(v, key=v.__getitem__)
     grid = [{**base, "experiment": "cnn-lambda", "variant": "nsr-grid", "dataset": ds, "seed": seeds[0], "nsr_weight": float(w),
-             "nsr_layers": [chosen[ds]], "track_layer": chosen[ds]} for ds in datasets for w in lambda_grid]
-    out["grid"] = run_grid(grid, store, workers, progress)
+             "nsr_layers": [chosen[ds]], "track_layer": chosen[ds]} for ds in datasets if ds in chosen for w in lambda_grid]
+    out["grid"] = run_grid(grid, store, workers, progress, execute)
     best: dict[str, tuple[float, float]] = {}
     for r in out["grid"]:
         ds, score = r["spec"]["dataset"], (r["metrics"]["best_val_acc"], -r["spec"]["nsr_weight"])
@@ -388,5 +392,106 @@ def run_cnn_chapter(
             best[ds] = score
     out["nsr"] = run_grid([
         {**base, "experiment": "cnn-cpu", "variant": "nsr", "dataset": ds, "seed": s, "nsr_weight": -best[ds][1],
-         "nsr_layers": [chosen[ds]], "track_layer": chosen[ds]} for ds in datasets for s in seeds], store, workers, progress)
+         "nsr_layers": [chosen[ds]], "track_layer": chosen[ds]} for ds in datasets if ds in best for s in seeds],
+        store, workers, progress, execute)
+    return out
+
+
+# ----------------------------------------------------------------------------- baselines (RQ2)
+#: The paper's RQ2 table, test error % (mean, std): setting -> method -> value.
+PAPER_RQ2_ERROR = {
+    "mlp4-mnist": {"vanilla": (2.29, 0.07), "l1": (2.27, 0.05), "l2": (2.27, 0.05), "jacobian": (2.21, 0.04), "nsr": (1.64, 0.04)},
+    "sage2-amazon-computers": {"vanilla": (11.37, 0.55), "l1": (10.81, 0.13), "l2": (10.68, 0.35), "jacobian": (11.27, 0.45), "nsr": (10.52, 0.22)},
+}
+
+#: Searched field and log-uniform range per method (the same TPE search for all).
+BASELINE_SEARCH = {
+    "nsr": ("nsr_weight", 1e-4, 10.0),
+    "l1": ("method_weight", 1e-4, 10.0),
+    "l2": ("method_weight", 1e-6, 1e-1),
+    "jacobian": ("method_weight", 1e-4, 10.0),
+    "center": ("method_weight", 1e-4, 10.0),
+    "center-running": ("method_weight", 1e-4, 10.0),
+    "decov": ("method_weight", 1e-4, 10.0),
+    "label-smoothing": ("label_smoothing", 1e-3, 0.5),
+    "dropout": ("dropout", 0.02, 0.7),
+}
+
+
+def baseline_settings(train_subset: int | None = None) -> dict[str, dict[str, Any]]:
+    """The three settings of the comparison: base spec and the layer NSR / L1 / center / DeCov act on."""
+    mlp = {**mlp_protocol(train_subset=train_subset), "depth": 4, "layer": "layer4"}
+    sage = {**gnn_protocol(), "dataset": "amazon-computers", "model": "sage", "depth": 2, "layer": "layer1"}
+    cnn = {**cnn_cpu_protocol(train_subset=train_subset), "dataset": "fashion-mnist", "layer": "block1"}
+    return {"mlp4-mnist": mlp, "sage2-amazon-computers": sage, "lenet-fashion-mnist": cnn}
+
+
+def baseline_spec(setting: Mapping[str, Any], method: str, value: float | None, epochs: int, seed: int) -> dict[str, Any]:
+    """The run spec of ``method`` in ``setting`` with its searched field set to ``value`` (None: vanilla)."""
+    base = {k: v for k, v in setting.items() if k != "layer"}
+    spec = {**base, "experiment": "baselines", "variant": method, "epochs": int(epochs), "seed": seed,
+            "track_layer": setting["layer"]}
+    if method == "vanilla":
+        if spec.get("model") in ("gcn", "sage"):
+            spec["dropout"] = 0.0  # the comparison's vanilla has no dropout; dropout is a competitor
+        return spec
+    field, _, _ = BASELINE_SEARCH[method]
+    if spec.get("model") in ("gcn", "sage") and method != "dropout":
+        spec["dropout"] = 0.0
+    if method == "nsr":
+        spec["nsr_layers"] = [setting["layer"]]
+    elif method not in ("label-smoothing", "dropout"):
+        spec["method"] = method
+        spec["method_layer"] = setting["layer"] if method in ("l1", "center", "center-running", "decov") else None
+    if value is not None:
+        spec[field] = float(value)
+    return spec
+
+
+def run_baselines_chapter(
+    store: Any,
+    database: str,
+    settings: Sequence[str] = ("mlp4-mnist", "sage2-amazon-computers", "lenet-fashion-mnist"),
+    methods: Sequence[str] = tuple(BASELINE_SEARCH),
+    n_trials: int = 8,
+    search_epochs: int = 20,
+    epochs: int = 100,
+    seeds: Sequence[int] = (0, 1, 2),
+    train_subset: int | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    execute: bool = True,
+) -> dict[str, Any]:
+    """RQ2, resumable: per setting and method a TPE search of its weight on a ``search_epochs`` schedule
+    (validation accuracy of seed ``seeds[0]``), then the chosen value at ``epochs`` over ``seeds``."""
+    from .experiments import run_grid
+    from .search import search_weight
+
+    all_settings = baseline_settings(train_subset)
+    out: dict[str, Any] = {"studies": {}, "final": []}
+    finals = []
+    for name in settings:
+        setting = all_settings[name]
+        finals += [baseline_spec(setting, "vanilla", None, epochs, s) for s in seeds]
+        for method in methods:
+            field, low, high = BASELINE_SEARCH[method]
+            spec = baseline_spec(setting, method, None, search_epochs, seeds[0])
+            if execute:
+                study = search_weight(spec, n_trials, database, store, low, high, field=field)
+            else:
+                import optuna
+
+                try:
+                    from .results import spec_key
+
+                    study = optuna.load_study(study_name=f"{spec_key({**spec, field: None})}-{low:g}-{high:g}",
+                                              storage=f"sqlite:///{database}")
+                except KeyError:
+                    continue
+            out["studies"][(name, method)] = study
+            complete = [t for t in study.trials if t.value is not None]
+            if complete:
+                best = max(complete, key=lambda t: t.value).params["weight"]
+                finals += [baseline_spec(setting, method, best, epochs, s) for s in seeds]
+    out["final"] = run_grid(finals, store, workers, progress, execute)
     return out

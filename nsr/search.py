@@ -33,8 +33,10 @@ def search_weight(
     low: float = 1e-4,
     high: float = 10.0,
     seed: int = 0,
+    field: str | None = None,
 ):  # type: ignore[no-untyped-def]
-    """Run (or resume) the TPE search of ``spec``'s weight; return the Optuna study.
+    """Run (or resume) the TPE search of ``spec``'s weight (spec field ``field``, by default
+    :func:`weight_key`); return the Optuna study.
 
     The study's name is derived from the spec, so the same spec always resumes the same study; only the
     trials still missing up to ``n_trials`` (completed ones) are run.
@@ -47,7 +49,7 @@ def search_weight(
         raise ValueError(f"need 0 < low < high, got {low}, {high}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = str(storage) if "://" in str(storage) else f"sqlite:///{Path(storage).resolve()}"
-    field = weight_key(spec)
+    field = field or weight_key(spec)
     name = f"{spec_key({**spec, field: None})}-{low:g}-{high:g}"
     study = optuna.create_study(
         study_name=name, storage=url, direction="maximize", load_if_exists=True,
