@@ -241,3 +241,21 @@ def test_penalty_before_forward():
     reg.attach(models.mlp(3), "layer3")
     with pytest.raises(RuntimeError, match="run the model forward first"):
         reg.penalty(torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.slow
+def test_torch_compile_keeps_the_penalty():
+    torch.manual_seed(0)
+    model = models.mlp(3, in_features=20, num_classes=4)
+    compiled = torch.compile(model)
+    x, y = torch.randn(32, 20), torch.arange(32) % 4
+    eager_reg, compiled_reg = NeuronSteadiness(4, 2), NeuronSteadiness(4, 2)
+    eager_reg.attach(model, "layer3")
+    compiled_reg.attach(compiled, "_orig_mod.layer3")
+    for _ in range(3):
+        model(x)
+        eager = eager_reg.penalty(y)
+        compiled(x)
+        value = compiled_reg.penalty(y)
+        assert float(value) == pytest.approx(float(eager), rel=1e-5)
+    value.backward()
