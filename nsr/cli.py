@@ -1,7 +1,7 @@
 """The ``nsr`` command: a demo run, executing the book's notebooks at a scale, building the book.
 
     nsr demo [--epochs 1]                      MLP-4 vanilla vs NSR on MNIST, both test accuracies
-    nsr run --config quick|cpu|gpu [--only NAME ...] [--workers 2]
+    nsr run --config quick|cpu|gpu [--only NAME ...] [--set KEY=VALUE ...]
                                                execute notebooks with papermill into book/
     nsr check                                  every config key is a real notebook parameter
     nsr book                                   build the HTML book with Jupyter Book 1 (offline)
@@ -77,8 +77,11 @@ def check_configs(root: Path = ROOT) -> list[str]:
     return problems
 
 
-def run(scale: str, only: list[str] | None, output: Path, root: Path = ROOT) -> None:
-    """Execute the config's notebooks with papermill into ``output`` (the book's executed copies)."""
+def run(scale: str, only: list[str] | None, output: Path, root: Path = ROOT, overrides: dict[str, Any] | None = None) -> None:
+    """Execute the config's notebooks with papermill into ``output`` (the book's executed copies).
+
+    ``overrides`` (``--set key=value``, values parsed as YAML) change parameters of every notebook run.
+    """
     import papermill
 
     config = load_config(scale, root)
@@ -91,7 +94,7 @@ def run(scale: str, only: list[str] | None, output: Path, root: Path = ROOT) -> 
         raise SystemExit("\n".join(problems))
     output.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names, 1):
-        params = {**config[name], "scale": scale}
+        params = {**config[name], **(overrides or {}), "scale": scale}
         start = time.time()
         print(f"[{i}/{len(names)}] {name} ({scale}) ...", flush=True)
         papermill.execute_notebook(
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument("--config", choices=SCALES, default="quick")
     p_run.add_argument("--only", nargs="*")
     p_run.add_argument("--output", type=Path, default=ROOT / "book")
+    p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a parameter, e.g. --set execute_runs=false to tabulate a protocol still running")
     sub.add_parser("check", help="check the configs against the notebooks' parameters")
     sub.add_parser("book", help="build the HTML book")
     args = parser.parse_args(argv)
@@ -131,7 +136,15 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--epochs must be >= 1")
         demo(args.epochs)
     elif args.command == "run":
-        run(args.config, args.only, args.output)
+        import yaml
+
+        overrides = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"--set expects KEY=VALUE, got {item!r}")
+            overrides[key] = yaml.safe_load(value)
+        run(args.config, args.only, args.output, overrides=overrides)
     elif args.command == "check":
         problems = check_configs()
         print("\n".join(problems) or "configs OK")

@@ -115,7 +115,7 @@ def summarize(records: Iterable[Mapping[str, Any]], by: Sequence[str], metric: s
         values = [float(r["metrics"][metric]) for r in group]
         mean, std = mean_std(values)
         rows.append({**dict(zip(by, key)), "mean": mean, "std": std, "n": len(values)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*by, "mean", "std", "n"])
 
 
 def paired_comparison(
@@ -166,4 +166,5 @@ def paired_comparison(
                 "pairs": len(pairs),
             }
         )
-    return pd.DataFrame(rows)
+    columns = [*by, "baseline", "baseline_std", "treatment", "treatment_std", "gain_%", "mean_diff", "p_value", "pairs"]
+    return pd.DataFrame(rows, columns=columns)
