@@ -340,9 +340,8 @@ def train_classifier(
     input_grad = any(getattr(m, "needs_input_grad", False) for m in regularizers)
     with _session(model, cfg, int(data.num_classes), regularizers) as (opt, sched, regs, tracker, bar):
         for epoch in bar:
-            model.train()
-            for method in regularizers:
-                method.train()
+            for module in (model, *regularizers):
+                module.train()
             start = time.perf_counter()
             ce_sum = torch.zeros((), device=device)
             pen_sum = torch.zeros((), device=device)
@@ -430,9 +429,8 @@ def train_node_classifier(
     input_grad = any(getattr(m, "needs_input_grad", False) for m in regularizers)
     with _session(model, cfg, int(data.num_classes), regularizers) as (opt, sched, regs, tracker, bar):
         for epoch in bar:
-            model.train()
-            for method in regularizers:
-                method.train()
+            for module in (model, *regularizers):
+                module.train()
             start = time.perf_counter()
             x = data.x.clone().requires_grad_() if input_grad else data.x
             out = model(x, adj)
