@@ -72,20 +72,14 @@ def test_fast_adjacency_matches_pyg_layers_and_gradients():
     edge_index = torch.cat([edge_index, edge_index.flip(0)], 1).unique(dim=1)  # undirected, with some self-loops
     x = torch.randn(40, 12, requires_grad=True)
     adj = Adjacency(edge_index, 40)
-    for out_channels in (4, 20):  # projecting first, and not
-        sage = models.SAGELayer(12, out_channels)
-        ref = SAGEConv(12, out_channels)
-        ref.load_state_dict(sage.conv.state_dict())
-        a, b = sage(x, adj), ref(x, edge_index)
+    def same_outputs_and_gradients(ours, reference):
+        reference.load_state_dict(ours.conv.state_dict())
+        a, b = ours(x, adj), reference(x, edge_index)
         assert torch.allclose(a, b, atol=1e-5)
         ga = torch.autograd.grad(a.square().sum(), x)[0]
         gb = torch.autograd.grad(b.square().sum(), x)[0]
         assert torch.allclose(ga, gb, atol=1e-4)
-    gcn = models.GCNLayer(12, 5)
-    ref = GCNConv(12, 5)
-    ref.load_state_dict(gcn.conv.state_dict())
-    a, b = gcn(x, adj), ref(x, edge_index)
-    assert torch.allclose(a, b, atol=1e-5)
-    ga = torch.autograd.grad(a.square().sum(), x)[0]
-    gb = torch.autograd.grad(b.square().sum(), x)[0]
-    assert torch.allclose(ga, gb, atol=1e-4)
+
+    for out_channels in (4, 20):  # projecting first, and not
+        same_outputs_and_gradients(models.SAGELayer(12, out_channels), SAGEConv(12, out_channels))
+    same_outputs_and_gradients(models.GCNLayer(12, 5), GCNConv(12, 5))
