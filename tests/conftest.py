@@ -36,3 +36,14 @@ def require(name: str) -> Path:
 def mnist():
     require("mnist")
     return nsr_data.load("mnist")
+
+
+@pytest.fixture
+def imagenet_folder(tmp_path):
+    """An ImageNet-layout folder (train/ and val/) made of the 10-image ImageNet sample."""
+    sample = nsr_data.data_root() / "ImageNetSample"
+    if not sample.exists():
+        pytest.skip("ImageNetSample not under NSR_DATA")
+    (tmp_path / "train").symlink_to(sample.resolve())
+    (tmp_path / "val").symlink_to(sample.resolve())
+    return str(tmp_path)

@@ -102,13 +102,8 @@ def test_wikics_loader_on_a_tiny_file(tmp_path):
     assert g.num_nodes == 10 and g.num_classes == 3 and g.train_mask.dim() == 1 and "stopping_mask" not in g
 
 
-def test_imagenet_imagefolder(tmp_path):
-    sample = nsr_data.data_root() / "ImageNetSample"
-    if not sample.exists():
-        pytest.skip("ImageNetSample not under NSR_DATA")
-    (tmp_path / "train").symlink_to(sample.resolve())
-    (tmp_path / "val").symlink_to(sample.resolve())
-    ds = nsr_data.load("imagenet", path=str(tmp_path))
+def test_imagenet_imagefolder(imagenet_folder):
+    ds = nsr_data.load("imagenet", path=imagenet_folder)
     assert ds.num_classes == 10 and len(ds.train) == 10
     assert ds.val[0][0].shape == (3, 224, 224)
 

@@ -99,15 +99,10 @@ def test_dataloader_path_with_cifar_augmentation_and_amp():
     assert 0 <= result.metrics()["test_top5_error"] <= result.metrics()["test_error"]
 
 
-def test_imagefolder_path_on_the_imagenet_sample(tmp_path):
+def test_imagefolder_path_on_the_imagenet_sample(imagenet_folder):
     from nsr import data as nsr_data
 
-    sample = nsr_data.data_root() / "ImageNetSample"
-    if not sample.exists():
-        pytest.skip("ImageNetSample not under NSR_DATA")
-    (tmp_path / "train").symlink_to(sample.resolve())
-    (tmp_path / "val").symlink_to(sample.resolve())
-    folder = nsr_data.load("imagenet", path=str(tmp_path))
+    folder = nsr_data.load("imagenet", path=imagenet_folder)
     torch.manual_seed(0)
     # one image per class: with M = 5 the centroid mixes earlier random crops of the same image
     cfg = TrainConfig(epochs=2, batch_size=5, nsr_weight=0.4, nsr_layers=("pool",), queue_length=5, progress=False)
