@@ -278,9 +278,14 @@ def run_gnn_chapter(
     progress: bool = True,
     focus_dataset: str = "amazon-computers",
     execute: bool = True,
+    paper_depths: Sequence[int] = (),
 ) -> dict[str, list[dict[str, Any]]]:
     """Every run of the GNN chapter in order (resumable): vanilla, layer choice, NSR with the paper's lambda,
-    the lambda grid on seed ``seeds[0]`` (validation only), NSR with the chosen lambda, RQ4 on ``focus_dataset``."""
+    the lambda grid on seed ``seeds[0]`` (validation only), NSR with the chosen lambda, RQ4 on ``focus_dataset``.
+
+    ``paper_depths`` (e.g. ``(3, 4)``) adds, after all of that, the deeper models of the paper's table on the
+    datasets Table 3 gives a lambda for: vanilla and NSR with the paper's lambda only (no lambda grid), so a
+    slow machine can cover the table's rows without the full search at every depth."""
     from . import data as nsr_data
     from .experiments import run_grid
 
@@ -301,6 +306,12 @@ def run_gnn_chapter(
     out["nsr-val"] = run_grid(gnn_nsr_specs(layers, seeds, base, chosen, "nsr-val"), store, workers, progress, execute)
     if focus_dataset in reachable and "sage" in kinds and 2 in depths:
         out["rq4"] = run_grid(gnn_rq4_specs(seeds, base, focus_dataset), store, workers, progress, execute)
+    extra = sorted(set(paper_depths) - set(depths))
+    paper_datasets = [ds for ds in reachable if any(paper_gnn_lambda(ds, k, d) is not None for k in kinds for d in extra)]
+    if extra and paper_datasets:
+        deeper = run_grid(gnn_vanilla_specs(paper_datasets, kinds, extra, seeds, base), store, workers, progress, execute)
+        out["vanilla"] += deeper
+        out["nsr-paper"] += run_grid(gnn_nsr_specs(gnn_chosen_layers(deeper), seeds, base), store, workers, progress, execute)
     return out
 
 
@@ -448,50 +459,92 @@ def baseline_spec(setting: Mapping[str, Any], method: str, value: float | None, 
     return spec
 
 
+def _search_task(spec: Mapping[str, Any], n_trials: int, database: str, store_path: str, low: float, high: float,
+                 field: str) -> None:
+    from .results import ResultStore
+    import torch
+
+    from .search import search_weight
+
+    torch.set_num_threads(1)
+    search_weight(spec, n_trials, database, ResultStore(store_path), low, high, field=field)
+
+
+def _per_setting(value: int | Mapping[str, int] | None, name: str, default: int, argument: str) -> int:
+    if value is None:
+        return int(default)
+    if isinstance(value, Mapping):
+        if name not in value:
+            raise ValueError(f"{argument} has no entry for setting {name!r}")
+        value = value[name]
+    if int(value) < 1:
+        raise ValueError(f"{argument} must be positive, got {value!r} for {name!r}")
+    return int(value)
+
+
 def run_baselines_chapter(
     store: Any,
     database: str,
     settings: Sequence[str] = ("mlp4-mnist", "sage2-amazon-computers", "lenet-fashion-mnist"),
     methods: Sequence[str] = tuple(BASELINE_SEARCH),
     n_trials: int = 8,
-    search_epochs: int = 20,
-    epochs: int = 100,
+    search_epochs: int | Mapping[str, int] = 20,
+    epochs: int | Mapping[str, int] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     train_subset: int | None = None,
     workers: int = 1,
     progress: bool = True,
     execute: bool = True,
 ) -> dict[str, Any]:
-    """RQ2, resumable: per setting and method a TPE search of its weight on a ``search_epochs`` schedule
-    (validation accuracy of seed ``seeds[0]``), then the chosen value at ``epochs`` over ``seeds``."""
-    from .experiments import run_grid
-    from .search import search_weight
+    """RQ2, resumable, one setting after the other: a TPE search of each method's weight on a
+    ``search_epochs`` schedule (validation accuracy of seed ``seeds[0]``; ``workers`` methods searched at once,
+    each study sequential and seeded), then the chosen values at ``epochs`` over ``seeds``.
 
+    ``epochs`` and ``search_epochs`` are one number for every setting or a mapping setting -> number;
+    ``epochs=None`` uses each setting's own chapter schedule (MLP 100, GraphSAGE 200, LeNet 15 epochs).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .experiments import run_grid
+    from .search import load_study, rdb_storage
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     all_settings = baseline_settings(train_subset)
+    unknown = set(settings) - set(all_settings)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; choose from {sorted(all_settings)}")
+    unknown = set(methods) - set(BASELINE_SEARCH)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {sorted(BASELINE_SEARCH)}")
     out: dict[str, Any] = {"studies": {}, "final": []}
-    finals = []
     for name in settings:
         setting = all_settings[name]
-        finals += [baseline_spec(setting, "vanilla", None, epochs, s) for s in seeds]
-        for method in methods:
-            field, low, high = BASELINE_SEARCH[method]
-            spec = baseline_spec(setting, method, None, search_epochs, seeds[0])
-            if execute:
-                study = search_weight(spec, n_trials, database, store, low, high, field=field)
+        full = _per_setting(epochs, name, setting["epochs"], "epochs")
+        short = _per_setting(search_epochs, name, setting["epochs"], "search_epochs")
+        searches = {m: (baseline_spec(setting, m, None, short, seeds[0]), *BASELINE_SEARCH[m]) for m in methods}
+        if execute:
+            tasks = [(spec, n_trials, database, str(store.path), low, high, field)
+                     for spec, field, low, high in searches.values()]
+            if workers == 1:
+                for task in tasks:
+                    _search_task(*task)
             else:
-                import optuna
-
-                try:
-                    from .results import spec_key
-
-                    study = optuna.load_study(study_name=f"{spec_key({**spec, field: None})}-{low:g}-{high:g}",
-                                              storage=f"sqlite:///{database}")
-                except KeyError:
-                    continue
+                rdb_storage(database)  # create the schema once before the processes share the file
+                context = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                    for future in [pool.submit(_search_task, *task) for task in tasks]:
+                        future.result()
+        finals = [baseline_spec(setting, "vanilla", None, full, s) for s in seeds]
+        for method, (spec, field, low, high) in searches.items():
+            study = load_study(spec, database, low, high, field)
+            if study is None:
+                continue
             out["studies"][(name, method)] = study
             complete = [t for t in study.trials if t.value is not None]
             if complete:
                 best = max(complete, key=lambda t: t.value).params["weight"]
-                finals += [baseline_spec(setting, method, best, epochs, s) for s in seeds]
-    out["final"] = run_grid(finals, store, workers, progress, execute)
+                finals += [baseline_spec(setting, method, best, full, s) for s in seeds]
+        out["final"] += run_grid(finals, store, workers, progress, execute)
     return out

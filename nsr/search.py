@@ -17,12 +17,39 @@ from typing import Any
 from .experiments import run_spec
 from .results import ResultStore, spec_key
 
-__all__ = ["search_weight", "weight_key"]
+__all__ = ["load_study", "rdb_storage", "search_weight", "study_name", "weight_key"]
 
 
 def weight_key(spec: Mapping[str, Any]) -> str:
     """The spec field the searched weight goes into: ``method_weight`` for a baseline, ``nsr_weight`` for NSR."""
     return "method_weight" if spec.get("method") else "nsr_weight"
+
+
+def study_name(spec: Mapping[str, Any], low: float, high: float, field: str | None = None) -> str:
+    """The study of ``spec``'s search: derived from the spec without the searched field, and the range."""
+    field = field or weight_key(spec)
+    return f"{spec_key({**spec, field: None})}-{low:g}-{high:g}"
+
+
+def rdb_storage(storage: str | Path) -> Any:
+    """Optuna RDB storage for a URL or a SQLite file path; SQLite waits up to 2 min for a lock, so several
+    processes can write to one database file."""
+    import optuna
+
+    url = str(storage) if "://" in str(storage) else f"sqlite:///{Path(storage).resolve()}"
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def load_study(spec: Mapping[str, Any], storage: str | Path, low: float, high: float, field: str | None = None) -> Any:
+    """The stored study of ``spec``'s search, or None when it has not started."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=study_name(spec, low, high, field), storage=rdb_storage(storage))
+    except KeyError:
+        return None
 
 
 def search_weight(
@@ -48,13 +75,12 @@ def search_weight(
     if not 0 < low < high:
         raise ValueError(f"need 0 < low < high, got {low}, {high}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = str(storage) if "://" in str(storage) else f"sqlite:///{Path(storage).resolve()}"
     field = field or weight_key(spec)
-    name = f"{spec_key({**spec, field: None})}-{low:g}-{high:g}"
-    study = optuna.create_study(
-        study_name=name, storage=url, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-    )
+    # TPE's default 10 random start-up trials would make a short search purely random: half of the budget
+    # explores, the other half follows the TPE model
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, n_trials // 2))
+    study = optuna.create_study(study_name=study_name(spec, low, high, field), storage=rdb_storage(storage),
+                                direction="maximize", load_if_exists=True, sampler=sampler)
 
     def objective(trial: Any) -> float:
         trial_spec = copy.deepcopy(dict(spec))

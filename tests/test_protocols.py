@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from nsr import protocols
-from nsr.results import spec_key
+from nsr.results import ResultStore, spec_key
 
 
 def _record(spec, **metrics):
@@ -59,3 +61,49 @@ def test_baseline_specs_share_the_layer_and_search_one_field():
     sage_vanilla = protocols.baseline_spec(settings["sage2-amazon-computers"], "vanilla", None, 10, 0)
     assert sage_vanilla["dropout"] == 0.0  # dropout is a competitor, not part of vanilla
     assert len(protocols.cnn_gpu_specs(["resnet18"], [0, 1])) == 4
+
+
+def test_gnn_chapter_adds_paper_depths_without_the_grid(monkeypatch):
+    calls = []
+
+    def fake_run_grid(specs, store, workers=1, progress=True, execute=True):
+        calls.append(list(specs))
+        return [_record(s, layer_variances={f"layer{i}": float(i) for i in range(1, s["depth"] + 1)},
+                        best_val_acc=0.5) for s in specs]
+
+    monkeypatch.setattr("nsr.experiments.run_grid", fake_run_grid)
+    monkeypatch.setattr("nsr.data.load", lambda name, **kw: None)
+    out = protocols.run_gnn_chapter(None, ["amazon-photo", "cora"], ["gcn"], [2], [0, 1], lambda_grid=[0.1, 1.0],
+                                    paper_depths=[3, 4])
+    deeper = [s for group in calls for s in group if s["depth"] > 2]
+    assert {(s["dataset"], s["depth"], s["variant"]) for s in deeper} == {
+        ("amazon-photo", d, v) for d in (3, 4) for v in ("vanilla", "nsr-paper")}  # Cora: no paper lambda
+    assert {s["nsr_weight"] for s in deeper if s["variant"] == "nsr-paper"} == {0.0855, 0.0024}
+    assert all(r["spec"]["depth"] == 2 for r in out["grid"] + out["nsr-val"])
+    assert len(out["vanilla"]) == 2 * 2 + 2 * 2  # depth 2 on both graphs, depths 3 and 4 on Amazon-Photo
+
+
+def test_baselines_epochs_per_setting(monkeypatch):
+    with pytest.raises(ValueError, match="epochs has no entry"):
+        protocols._per_setting({"mlp4-mnist": 5}, "lenet-fashion-mnist", 15, "epochs")
+    with pytest.raises(ValueError, match="search_epochs must be positive"):
+        protocols._per_setting(0, "mlp4-mnist", 100, "search_epochs")
+    assert protocols._per_setting(None, "lenet-fashion-mnist", 15, "epochs") == 15
+    with pytest.raises(ValueError, match="unknown methods"):
+        protocols.run_baselines_chapter(None, "x.db", methods=["nsr", "mixup"])
+
+
+def test_baselines_chapter_searches_in_parallel_then_trains_the_choice(mnist, tmp_path):
+    store = ResultStore(tmp_path / "baselines.jsonl")
+    database = str(tmp_path / "search.db")
+    kwargs = dict(settings=["mlp4-mnist"], methods=["nsr", "l1"], n_trials=2, search_epochs=1,
+                  epochs={"mlp4-mnist": 1}, seeds=[0], train_subset=200, progress=False)
+    out = protocols.run_baselines_chapter(store, database, workers=2, **kwargs)
+    assert {m: len(s.trials) for (_, m), s in out["studies"].items()} == {"nsr": 2, "l1": 2}
+    finals = {r["spec"]["variant"]: r for r in out["final"]}
+    assert set(finals) == {"vanilla", "nsr", "l1"} and all(r["spec"]["epochs"] == 1 for r in finals.values())
+    best = max(out["studies"][("mlp4-mnist", "nsr")].trials, key=lambda t: t.value).params["weight"]
+    assert finals["nsr"]["spec"]["nsr_weight"] == best
+    assert len(store.records()) == 2 * 2 + 3  # every trial and every final run is a results line
+    again = protocols.run_baselines_chapter(store, database, workers=1, execute=False, **kwargs)
+    assert [r["key"] for r in again["final"]] == [r["key"] for r in out["final"]]
