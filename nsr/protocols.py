@@ -306,6 +306,14 @@ def run_gnn_chapter(
     out["nsr-val"] = run_grid(gnn_nsr_specs(layers, seeds, base, chosen, "nsr-val"), store, workers, progress, execute)
     if focus_dataset in reachable and "sage" in kinds and 2 in depths:
         out["rq4"] = run_grid(gnn_rq4_specs(seeds, base, focus_dataset), store, workers, progress, execute)
+        # the dynamics figure compares one layer: a vanilla run that tracks the layer NSR regularizes
+        layer = layers.get((focus_dataset, "sage", 2))
+        if layer is not None:
+            dyn = [r["spec"] for r in out["vanilla"] if (r["spec"]["dataset"], r["spec"]["model"], r["spec"]["depth"],
+                                                          r["spec"]["seed"]) == (focus_dataset, "sage", 2, seeds[0])]
+            spec = {k: v for k, v in dyn[0].items() if k != "measure_layers"}
+            out["dynamics"] = run_grid([{**spec, "experiment": "gnn-dynamics", "track_layer": layer}], store, workers,
+                                       progress, execute)
     extra = sorted(set(paper_depths) - set(depths))
     paper_datasets = [ds for ds in reachable if any(paper_gnn_lambda(ds, k, d) is not None for k in kinds for d in extra)]
     if extra and paper_datasets:
@@ -405,6 +413,10 @@ def run_cnn_chapter(
         {**base, "experiment": "cnn-cpu", "variant": "nsr", "dataset": ds, "seed": s, "nsr_weight": -best[ds][1],
          "nsr_layers": [chosen[ds]], "track_layer": chosen[ds]} for ds in datasets if ds in best for s in seeds],
         store, workers, progress, execute)
+    # the dynamics figure compares one layer: vanilla seed seeds[0] again, tracking the layer NSR regularizes
+    out["dynamics"] = run_grid([
+        {**base, "experiment": "cnn-dynamics", "variant": "vanilla", "dataset": ds, "seed": seeds[0],
+         "track_layer": chosen[ds]} for ds in datasets if ds in best], store, workers, progress, execute)
     return out
 
 
