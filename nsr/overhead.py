@@ -20,7 +20,7 @@ from . import models
 from .regularizer import NeuronSteadiness
 from .train import adjacency
 
-__all__ = ["PAPER", "PAPER_EPOCH_SECONDS", "cases", "measure", "overhead_table", "space_table", "amazon_computers_graph"]
+__all__ = ["PAPER", "PAPER_EPOCH_SECONDS", "cases", "measure", "measure_many", "method_overhead_table", "overhead_table", "space_table", "amazon_computers_graph"]
 
 PAPER_EPOCH_SECONDS = {"MLP-4": (2.19, 2.54), "ResNet-18": (15.45, 16.56), "GraphSAGE-2": (0.0489, 0.0569)}
 
@@ -109,19 +109,77 @@ def cases(names: list[str], resnet_batch: int = 32, resnet_width: int = 64) -> I
         )
 
 
-def measure(vanilla: Callable[[], None], nsr: Callable[[], None], rounds: int, steps: int) -> tuple[float, float]:
-    for fn in (vanilla, nsr):
+def measure_many(steps_by_name: dict[str, Callable[[], None]], rounds: int, steps: int) -> dict[str, float]:
+    """Median seconds per call of each step function: after a warm-up, ``rounds`` rounds of ``steps`` calls
+    each, the functions interleaved and their order rotated every round so drift hits all alike."""
+    if rounds < 1 or steps < 1:
+        raise ValueError(f"rounds and steps must be >= 1, got {rounds}, {steps}")
+    items = list(steps_by_name.items())
+    for _, fn in items:
         for _ in range(max(2, steps // 4)):
             fn()
-    times: dict[str, list[float]] = {"vanilla": [], "nsr": []}
+    times: dict[str, list[float]] = {name: [] for name, _ in items}
     for r in range(rounds):
-        order = [("vanilla", vanilla), ("nsr", nsr)]
+        shift = r % len(items)
+        order = items[shift:] + items[:shift]
         for name, fn in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             for _ in range(steps):
                 fn()
             times[name].append((time.perf_counter() - start) / steps)
-    return statistics.median(times["vanilla"]), statistics.median(times["nsr"])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(vanilla: Callable[[], None], nsr: Callable[[], None], rounds: int, steps: int) -> tuple[float, float]:
+    """Median step seconds (vanilla, NSR), interleaved (:func:`measure_many`)."""
+    t = measure_many({"vanilla": vanilla, "nsr": nsr}, rounds, steps)
+    return t["vanilla"], t["nsr"]
+
+
+def method_overhead_table(methods: list[str], rounds: int = 9, steps: int = 20):  # type: ignore[no-untyped-def]
+    """DataFrame: median MLP-4 training-step time of every RQ2 method (a batch of 100 MNIST-shaped inputs,
+    the regularized layer ``layer4``, weight 1) relative to vanilla, all measured interleaved in one process."""
+    import pandas as pd
+
+    from .baselines import METHODS, build_method, layer_width
+
+    unknown = set(methods) - {*METHODS, "nsr", "label-smoothing", "dropout"}
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}")
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(100, 1, 28, 28, generator=gen), torch.randint(0, 10, (100,), generator=gen)
+
+    def make(method: str | None) -> Callable[[], None]:
+        torch.manual_seed(0)
+        model = models.mlp(4, dropout=0.2 if method == "dropout" else 0.0)
+        extra: list[torch.nn.Module] = []
+        if method == "nsr":
+            reg = NeuronSteadiness(10, 5, 1.0)
+            reg.attach(model, "layer4")
+            extra.append(reg)
+        elif method in METHODS:
+            width = layer_width(model, "layer4", x)
+            extra.append(build_method(method, 1.0, "layer4", 10, width).attach(model))
+        smoothing = 0.1 if method == "label-smoothing" else 0.0
+        params = list(model.parameters()) + [p for m in extra for p in m.parameters()]
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        input_grad = any(getattr(m, "needs_input_grad", False) for m in extra)
+
+        def step() -> None:
+            xb = x.clone().requires_grad_() if input_grad else x
+            out = model(xb)
+            loss = F.cross_entropy(out, y, label_smoothing=smoothing)
+            for m in extra:
+                loss = loss + (m.penalty(y) if isinstance(m, NeuronSteadiness) else m(xb, out, y, None))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    times = measure_many({name: make(None if name == "vanilla" else name) for name in ["vanilla", *methods]}, rounds, steps)
+    return pd.DataFrame([{"method": name, "step (ms)": 1e3 * t, "ratio to vanilla": t / times["vanilla"]}
+                         for name, t in times.items()])
 
 
 PAPER = {k: n / v for k, (v, n) in PAPER_EPOCH_SECONDS.items()}

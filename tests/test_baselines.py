@@ -83,3 +83,15 @@ def test_search_resumes_from_sqlite(tmp_path):
     again = search_weight(spec, 3, tmp_path / "search.db", store)  # resumes: one more trial
     assert len(again.trials) == 3 and [t.params["weight"] for t in again.trials[:2]] == weights
     assert all("test_error" in t.user_attrs for t in again.trials)
+
+
+def test_method_overhead_table_times_every_method_interleaved():
+    from nsr import overhead
+
+    table = overhead.method_overhead_table(["nsr", "jacobian", "dropout"], rounds=2, steps=2)
+    assert list(table["method"]) == ["vanilla", "nsr", "jacobian", "dropout"]
+    assert (table["step (ms)"] > 0).all() and table["ratio to vanilla"].iloc[0] == 1.0
+    with pytest.raises(ValueError, match="unknown methods"):
+        overhead.method_overhead_table(["mixup"])
+    with pytest.raises(ValueError, match="rounds and steps"):
+        overhead.measure_many({"a": lambda: None}, 0, 1)
