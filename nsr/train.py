@@ -26,7 +26,7 @@ from .graph import Adjacency
 from .measures import ClassMoments
 from .regularizer import NeuronSteadiness
 
-__all__ = ["TrainConfig", "RunResult", "Regularizer", "train_classifier", "train_node_classifier", "evaluate"]
+__all__ = ["neighbor_batches", "TrainConfig", "RunResult", "Regularizer", "train_classifier", "train_node_classifier", "evaluate"]
 
 #: An extra loss term (:class:`nsr.baselines.Method`): attached to the model, then called with
 #: (inputs, outputs, labels, row mask or None) after every forward pass.
@@ -58,6 +58,10 @@ class TrainConfig:
     workers: int = 0  # DataLoader workers when batches come from a DataLoader (augmentation, ImageFolder)
     amp: bool = False  # autocast to bfloat16 (NSR still accumulates in float32)
     label_smoothing: float = 0.0
+    # graphs: None = full-batch training; fan-outs per layer (e.g. (25, 10), -1 = all neighbours) = mini-batches of
+    # ``batch_size`` training nodes with sampled neighbourhoods (torch_geometric's NeighborLoader: needs pyg-lib
+    # or torch-sparse)
+    neighbor_sampling: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "queue_length"):
@@ -78,6 +82,11 @@ class TrainConfig:
         self.milestones = tuple(self.milestones)
         if self.augment not in (None, "cifar", "cifar-cutout"):
             raise ValueError(f"augment must be None, 'cifar' or 'cifar-cutout', got {self.augment!r}")
+        if self.neighbor_sampling is not None:
+            fanouts = tuple(self.neighbor_sampling)
+            if not fanouts or any(isinstance(k, bool) or not isinstance(k, int) or (k < 1 and k != -1) for k in fanouts):
+                raise ValueError(f"neighbor_sampling must be fan-outs per layer (positive ints or -1), got {self.neighbor_sampling!r}")
+            self.neighbor_sampling = fanouts
         if self.nsr_weight > 0 and not self.nsr_layers:
             raise ValueError("nsr_weight > 0 needs nsr_layers (the layer names to regularize)")
 
@@ -409,31 +418,46 @@ def _node_eval(model: nn.Module, data: Any, adj: Tensor, tracker: _Tracker) -> d
     return accs
 
 
+def neighbor_batches(data: Any, cfg: TrainConfig, generator: torch.Generator) -> Iterator[Any]:
+    """One epoch of mini-batches of ``cfg.batch_size`` training nodes with neighbourhoods sampled by
+    ``torch_geometric.loader.NeighborLoader`` (fan-outs ``cfg.neighbor_sampling``); each batch is a subgraph
+    whose first ``batch_size`` nodes are the seed nodes."""
+    import torch_geometric.typing as pyg_typing
+    from torch_geometric.loader import NeighborLoader
+
+    if not (pyg_typing.WITH_PYG_LIB or pyg_typing.WITH_TORCH_SPARSE):
+        raise RuntimeError("neighbor_sampling needs pyg-lib or torch-sparse (neither is installed); "
+                           "set neighbor_sampling=None for full-batch training")
+    return iter(NeighborLoader(data, num_neighbors=list(cfg.neighbor_sampling or ()), batch_size=cfg.batch_size,
+                               input_nodes=data.train_mask, shuffle=True, generator=generator))
+
+
 def train_node_classifier(
     model: nn.Module,
     data: Any,
     cfg: TrainConfig,
     regularizers: Sequence[Regularizer] = (),
 ) -> RunResult:
-    """Full-batch node classification on a ``torch_geometric`` graph with train/val/test masks.
+    """Node classification on a ``torch_geometric`` graph with train/val/test masks: full batch, or with
+    ``cfg.neighbor_sampling`` mini-batches of training nodes with sampled neighbourhoods (:func:`neighbor_batches`).
 
     Message passing uses precomputed sparse operators (:class:`nsr.graph.Adjacency`: same outputs as
-    ``edge_index`` scatter, several times faster on CPU). NSR responses are masked to the training nodes.
+    ``edge_index`` scatter, several times faster on CPU). NSR responses are masked to the training nodes
+    (the seed nodes of a mini-batch); evaluation is full batch.
     """
     device = torch.device(cfg.device)
     model.to(device)
     data = data.to(device)
     adj = adjacency(data).to(device)
-    mask, labels = data.train_mask, data.y[data.train_mask]
     result = RunResult()
     input_grad = any(getattr(m, "needs_input_grad", False) for m in regularizers)
+    generator = torch.Generator().manual_seed(cfg.seed)
     with _session(model, cfg, int(data.num_classes), regularizers) as (opt, sched, regs, tracker, bar):
-        for epoch in bar:
-            for module in (model, *regularizers):
-                module.train()
-            start = time.perf_counter()
-            x = data.x.clone().requires_grad_() if input_grad else data.x
-            out = model(x, adj)
+
+        def step(graph: Any, graph_adj: Any, mask: Tensor) -> tuple[Tensor, Tensor]:
+            labels = graph.y[mask]
+            x = graph.x.clone().requires_grad_() if input_grad else graph.x
+            out = model(x, graph_adj)
             ce = F.cross_entropy(out[mask], labels, label_smoothing=cfg.label_smoothing)
             loss = ce
             penalty_total = torch.zeros((), device=device)
@@ -442,14 +466,31 @@ def train_node_classifier(
                 loss = loss + penalty
                 penalty_total = penalty_total + penalty.detach()
             for extra in regularizers:
-                loss = loss + extra(x, out, data.y, mask)
+                loss = loss + extra(x, out, graph.y, mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            return ce.detach(), penalty_total
+
+        for epoch in bar:
+            for module in (model, *regularizers):
+                module.train()
+            start = time.perf_counter()
+            if cfg.neighbor_sampling is None:
+                ce, penalty = step(data, adj, data.train_mask)
+            else:
+                ces, penalties = [], []
+                for sub in neighbor_batches(data, cfg, generator):
+                    seeds = torch.zeros(sub.num_nodes, dtype=torch.bool, device=device)
+                    seeds[: sub.batch_size] = True
+                    c, p = step(sub, adjacency(sub).to(device), seeds)
+                    ces.append(c)
+                    penalties.append(p)
+                ce, penalty = torch.stack(ces).mean(), torch.stack(penalties).mean()
             if sched is not None:
                 sched.step()
             elapsed = time.perf_counter() - start
-            record = {"epoch": epoch + 1, "train_ce": float(ce.detach()), "nsr_penalty": float(penalty_total)}
+            record = {"epoch": epoch + 1, "train_ce": float(ce), "nsr_penalty": float(penalty)}
             record["nsr_ce_ratio"] = record["nsr_penalty"] / max(record["train_ce"], 1e-30)
             record.update(_node_eval(model, data, adj, tracker))
             record["time"] = elapsed

@@ -108,3 +108,48 @@ def test_imagefolder_path_on_the_imagenet_sample(imagenet_folder):
     cfg = TrainConfig(epochs=2, batch_size=5, nsr_weight=0.4, nsr_layers=("pool",), queue_length=5, progress=False)
     result = train_classifier(models.resnet18_cifar(num_classes=10, width=4), folder, cfg)
     assert result.history[1]["nsr_penalty"] > 0 and 0 <= result.test_top5 <= 1
+
+
+def _all_training_nodes_with_two_hops(data, cfg, generator):
+    """A stand-in for NeighborLoader with full fan-out: one batch, every training node a seed, 2 hops."""
+    from torch_geometric.data import Data
+    from torch_geometric.utils import k_hop_subgraph, subgraph
+
+    seeds = data.train_mask.nonzero().flatten()
+    hood, _, _, _ = k_hop_subgraph(seeds, 2, data.edge_index, num_nodes=data.num_nodes)
+    order = torch.cat([seeds, hood[~torch.isin(hood, seeds)]])
+    edge_index, _ = subgraph(order, data.edge_index, relabel_nodes=True, num_nodes=data.num_nodes)
+    sub = Data(x=data.x[order], y=data.y[order], edge_index=edge_index, num_nodes=len(order))
+    sub.batch_size = len(seeds)
+    yield sub
+
+
+def test_neighbour_sampled_training_equals_full_batch_on_the_whole_neighbourhood(monkeypatch):
+    require("cora")
+    import torch_geometric.typing as pyg_typing
+
+    from nsr import data as nsr_data
+    from nsr import train as nsr_train
+
+    graph = nsr_data.load("cora", split_seed=0)
+    cfg = dict(epochs=2, lr=0.01, optimizer="adam", nsr_weight=0.5, nsr_layers=("layer1",), progress=False)
+
+    def run(**extra):
+        torch.manual_seed(0)
+        model = models.gnn("sage", 2, graph.num_features, graph.num_classes, dropout=0.0)
+        history = train_node_classifier(model, graph, TrainConfig(**cfg, **extra)).history
+        return model, history
+
+    full_model, full = run()
+    if not (pyg_typing.WITH_PYG_LIB or pyg_typing.WITH_TORCH_SPARSE):
+        with pytest.raises(RuntimeError, match="pyg-lib or torch-sparse"):
+            run(neighbor_sampling=(-1, -1))
+    monkeypatch.setattr(nsr_train, "neighbor_batches", _all_training_nodes_with_two_hops)
+    sampled_model, sampled = run(neighbor_sampling=(-1, -1), batch_size=10_000)
+    for a, b in zip(full, sampled):
+        assert a["train_ce"] == pytest.approx(b["train_ce"], rel=1e-5)
+        assert a["nsr_penalty"] == pytest.approx(b["nsr_penalty"], rel=1e-4)
+    for p, q in zip(full_model.parameters(), sampled_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="neighbor_sampling"):
+        TrainConfig(neighbor_sampling=(10, 0))
