@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["spec_key", "ResultStore", "summarize", "paired_comparison", "mean_std", "versions"]
+__all__ = ["spec_key", "ResultStore", "summarize", "paired_comparison", "pooled_comparison", "mean_std", "versions"]
 
 
 def spec_key(spec: Mapping[str, Any]) -> str:
@@ -168,3 +168,37 @@ def paired_comparison(
         )
     columns = [*by, "baseline", "baseline_std", "treatment", "treatment_std", "gain_%", "mean_diff", "p_value", "pairs"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def pooled_comparison(
+    records: Iterable[Mapping[str, Any]],
+    by: Sequence[str],
+    variant: str,
+    baseline: Any,
+    treatment: Any,
+    metric: str = "test_error",
+    pair_on: str = "seed",
+) -> dict[str, float]:
+    """Baseline vs treatment over every (group, seed) pair at once, for settings too small to test one by one.
+
+    Each pair contributes its relative difference ``(baseline - treatment) / baseline`` (groups differ in
+    scale). Returns the number of pairs, how many favour the treatment (lower ``metric``), the mean relative
+    difference in %, the two-sided Wilcoxon signed-rank p-value and the two-sided sign-test p-value (ties
+    dropped)."""
+    from scipy import stats
+
+    rel: list[float] = []
+    for group in _group(records, by).values():
+        base = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == baseline}
+        treat = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == treatment}
+        rel += [(base[p] - treat[p]) / base[p] for p in sorted(set(base) & set(treat)) if base[p]]
+    nonzero = [d for d in rel if d != 0]
+    wins = sum(d > 0 for d in nonzero)
+    return {
+        "pairs": len(rel),
+        "treatment better": wins,
+        "treatment worse": len(nonzero) - wins,
+        "mean relative gain %": 100.0 * sum(rel) / len(rel) if rel else float("nan"),
+        "wilcoxon p": float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) > 1 else float("nan"),
+        "sign test p": float(stats.binomtest(wins, len(nonzero)).pvalue) if nonzero else float("nan"),
+    }

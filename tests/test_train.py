@@ -153,3 +153,17 @@ def test_neighbour_sampled_training_equals_full_batch_on_the_whole_neighbourhood
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="neighbor_sampling"):
         TrainConfig(neighbor_sampling=(10, 0))
+
+
+def test_pooled_comparison_counts_pairs_across_groups():
+    from nsr.results import pooled_comparison
+
+    def rec(ds, variant, seed, err):
+        return {"spec": {"dataset": ds, "variant": variant, "seed": seed}, "metrics": {"test_error": err}}
+
+    records = [rec("a", "vanilla", s, 10.0) for s in range(3)] + [rec("a", "nsr", s, 9.0 + 0.1 * s) for s in range(3)]
+    records += [rec("b", "vanilla", s, 2.0) for s in range(3)] + [rec("b", "nsr", s, e) for s, e in enumerate([2.2, 2.0, 1.9])]
+    out = pooled_comparison(records, ["dataset"], "variant", "vanilla", "nsr")
+    assert out["pairs"] == 6 and out["treatment better"] == 4 and out["treatment worse"] == 1  # one tie dropped
+    assert out["mean relative gain %"] == pytest.approx(100 * (0.1 + 0.09 + 0.08 - 0.1 + 0 + 0.05) / 6)
+    assert out["sign test p"] == pytest.approx(0.375)
