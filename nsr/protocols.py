@@ -308,9 +308,9 @@ def run_gnn_chapter(
         out["rq4"] = run_grid(gnn_rq4_specs(seeds, base, focus_dataset), store, workers, progress, execute)
         # the dynamics figure compares one layer: a vanilla run that tracks the layer NSR regularizes
         layer = layers.get((focus_dataset, "sage", 2))
-        if layer is not None:
-            dyn = [r["spec"] for r in out["vanilla"] if (r["spec"]["dataset"], r["spec"]["model"], r["spec"]["depth"],
-                                                          r["spec"]["seed"]) == (focus_dataset, "sage", 2, seeds[0])]
+        dyn = [r["spec"] for r in out["vanilla"] if (r["spec"]["dataset"], r["spec"]["model"], r["spec"]["depth"],
+                                                      r["spec"]["seed"]) == (focus_dataset, "sage", 2, seeds[0])]
+        if layer is not None and dyn:  # (tabulating a protocol still running: seed 0 may not have finished)
             spec = {k: v for k, v in dyn[0].items() if k != "measure_layers"}
             out["dynamics"] = run_grid([{**spec, "experiment": "gnn-dynamics", "track_layer": layer}], store, workers,
                                        progress, execute)

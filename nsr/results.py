@@ -15,7 +15,7 @@ import json
 import math
 import os
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,20 @@ def summarize(records: Iterable[Mapping[str, Any]], by: Sequence[str], metric: s
     return pd.DataFrame(rows, columns=[*by, "mean", "std", "n"])
 
 
+def _paired_values(
+    records: Iterable[Mapping[str, Any]], by: Sequence[str], variant: str, baseline: Any, treatment: Any, metric: str,
+    pair_on: str,
+) -> Iterator[tuple[tuple[Any, ...], list[Any], list[float], list[float]]]:
+    """Per group of ``by`` with at least one pair: (group key, paired ``pair_on`` values, baseline and treatment
+    ``metric`` values in that order)."""
+    for key, group in _group(records, by).items():
+        base = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == baseline}
+        treat = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == treatment}
+        pairs = sorted(set(base) & set(treat))
+        if pairs:
+            yield key, pairs, [base[p] for p in pairs], [treat[p] for p in pairs]
+
+
 def paired_comparison(
     records: Iterable[Mapping[str, Any]],
     by: Sequence[str],
@@ -137,14 +151,7 @@ def paired_comparison(
     from scipy import stats
 
     rows = []
-    for key, group in _group(records, by).items():
-        base = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == baseline}
-        treat = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == treatment}
-        pairs = sorted(set(base) & set(treat))
-        if not pairs:
-            continue
-        b = [base[p] for p in pairs]
-        t = [treat[p] for p in pairs]
+    for key, pairs, b, t in _paired_values(records, by, variant, baseline, treatment, metric, pair_on):
         bm, bs = mean_std(b)
         tm, ts = mean_std(t)
         diffs = [x - y for x, y in zip(b, t)]
@@ -187,11 +194,8 @@ def pooled_comparison(
     dropped)."""
     from scipy import stats
 
-    rel: list[float] = []
-    for group in _group(records, by).values():
-        base = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == baseline}
-        treat = {r["spec"][pair_on]: float(r["metrics"][metric]) for r in group if _hashable(r["spec"].get(variant)) == treatment}
-        rel += [(base[p] - treat[p]) / base[p] for p in sorted(set(base) & set(treat)) if base[p]]
+    rel = [(x - y) / x for _, _, b, t in _paired_values(records, by, variant, baseline, treatment, metric, pair_on)
+           for x, y in zip(b, t) if x]
     nonzero = [d for d in rel if d != 0]
     wins = sum(d > 0 for d in nonzero)
     return {
