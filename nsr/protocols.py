@@ -423,7 +423,9 @@ def run_cnn_chapter(
 # ----------------------------------------------------------------------------- baselines (RQ2)
 #: The paper's RQ2 table, test error % (mean, std): setting -> method -> value.
 PAPER_RQ2_ERROR = {
-    "mlp4-mnist": {"vanilla": (2.29, 0.07), "l1": (2.27, 0.05), "l2": (2.27, 0.05), "jacobian": (2.21, 0.04), "nsr": (1.64, 0.04)},
+    # dropout and NSR + dropout: the paper's RQ3 table (MLP-4, dropout rate not stated), not its RQ2 search
+    "mlp4-mnist": {"vanilla": (2.29, 0.07), "l1": (2.27, 0.05), "l2": (2.27, 0.05), "jacobian": (2.21, 0.04), "nsr": (1.64, 0.04),
+                   "dropout": (2.19, 0.04), "nsr+dropout": (1.64, 0.04)},
     "sage2-amazon-computers": {"vanilla": (11.37, 0.55), "l1": (10.81, 0.13), "l2": (10.68, 0.35), "jacobian": (11.27, 0.45), "nsr": (10.52, 0.22)},
 }
 
@@ -449,6 +451,15 @@ def baseline_settings(train_subset: int | None = None) -> dict[str, dict[str, An
     return {"mlp4-mnist": mlp, "sage2-amazon-computers": sage, "lenet-fashion-mnist": cnn}
 
 
+def paper_nsr_weight(setting: str) -> float | None:
+    """The paper's lambda for a comparison setting (Table 1 / Table 3; the CPU CNN has none), shown beside the searched one."""
+    if setting == "mlp4-mnist":
+        return MLP_LAMBDA[4]
+    if setting == "sage2-amazon-computers":
+        return paper_gnn_lambda("amazon-computers", "sage", 2)
+    return None
+
+
 def baseline_spec(setting: Mapping[str, Any], method: str, value: float | None, epochs: int, seed: int) -> dict[str, Any]:
     """The run spec of ``method`` in ``setting`` with its searched field set to ``value`` (None: vanilla)."""
     base = {k: v for k, v in setting.items() if k != "layer"}
@@ -469,6 +480,24 @@ def baseline_spec(setting: Mapping[str, Any], method: str, value: float | None, 
     if value is not None:
         spec[field] = float(value)
     return spec
+
+
+#: Methods NSR can be combined with in the comparison (each at its own searched weight, NSR at its searched lambda).
+NSR_COMBINATIONS = tuple(m for m in BASELINE_SEARCH if m != "nsr")
+
+
+def combination_spec(setting: Mapping[str, Any], method: str, nsr_value: float, value: float, epochs: int,
+                     seed: int) -> dict[str, Any]:
+    """NSR plus ``method`` in ``setting``: ``method``'s spec at ``value`` with NSR at ``nsr_value`` on the same layer.
+
+    Both weights come from the separate searches (no joint search): the question is whether the two, each tuned
+    alone, add up (cf. the paper's RQ3, NSR with batch norm and with dropout).
+    """
+    if method not in NSR_COMBINATIONS:
+        raise ValueError(f"method {method!r} cannot be combined with NSR; choose from {list(NSR_COMBINATIONS)}")
+    nsr = baseline_spec(setting, "nsr", nsr_value, epochs, seed)
+    spec = baseline_spec(setting, method, value, epochs, seed)
+    return {**spec, "variant": f"nsr+{method}", "nsr_layers": nsr["nsr_layers"], "nsr_weight": nsr["nsr_weight"]}
 
 
 def _search_task(spec: Mapping[str, Any], n_trials: int, database: str, store_path: str, low: float, high: float,
@@ -507,10 +536,12 @@ def run_baselines_chapter(
     workers: int = 1,
     progress: bool = True,
     execute: bool = True,
+    combine: Sequence[str] = (),
 ) -> dict[str, Any]:
     """RQ2, resumable, one setting after the other: a TPE search of each method's weight on a
     ``search_epochs`` schedule (validation accuracy of seed ``seeds[0]``; ``workers`` methods searched at once,
-    each study sequential and seeded), then the chosen values at ``epochs`` over ``seeds``.
+    each study sequential and seeded), then the chosen values at ``epochs`` over ``seeds``, then NSR plus each
+    method in ``combine`` (both at their own searched weights, :func:`combination_spec`; variant ``nsr+<method>``).
 
     ``epochs`` and ``search_epochs`` are one number for every setting or a mapping setting -> number;
     ``epochs=None`` uses each setting's own chapter schedule (MLP 100, GraphSAGE 200, LeNet 15 epochs).
@@ -530,6 +561,12 @@ def run_baselines_chapter(
     unknown = set(methods) - set(BASELINE_SEARCH)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {sorted(BASELINE_SEARCH)}")
+    unknown = set(combine) - set(NSR_COMBINATIONS)
+    if unknown:
+        raise ValueError(f"combine: unknown methods {sorted(unknown)}; choose from {list(NSR_COMBINATIONS)}")
+    missing = [m for m in ("nsr", *combine) if combine and m not in methods]
+    if missing:
+        raise ValueError(f"combine needs the searches of {missing}: add them to methods")
     out: dict[str, Any] = {"studies": {}, "final": []}
     for name in settings:
         setting = all_settings[name]
@@ -549,6 +586,7 @@ def run_baselines_chapter(
                     for future in [pool.submit(_search_task, *task) for task in tasks]:
                         future.result()
         finals = [baseline_spec(setting, "vanilla", None, full, s) for s in seeds]
+        chosen: dict[str, float] = {}
         for method, (spec, field, low, high) in searches.items():
             study = load_study(spec, database, low, high, field)
             if study is None:
@@ -556,7 +594,10 @@ def run_baselines_chapter(
             out["studies"][(name, method)] = study
             complete = [t for t in study.trials if t.value is not None]
             if complete:
-                best = max(complete, key=lambda t: t.value).params["weight"]
-                finals += [baseline_spec(setting, method, best, full, s) for s in seeds]
+                chosen[method] = max(complete, key=lambda t: t.value).params["weight"]
+                finals += [baseline_spec(setting, method, chosen[method], full, s) for s in seeds]
+        if "nsr" in chosen:
+            finals += [combination_spec(setting, m, chosen["nsr"], chosen[m], full, s)
+                       for m in combine if m in chosen for s in seeds]
         out["final"] += run_grid(finals, store, workers, progress, execute)
     return out

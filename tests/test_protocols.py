@@ -63,6 +63,18 @@ def test_baseline_specs_share_the_layer_and_search_one_field():
     assert len(protocols.cnn_gpu_specs(["resnet18"], [0, 1])) == 4
 
 
+def test_combination_spec_trains_nsr_and_the_method_at_their_own_weights():
+    sage = protocols.baseline_settings()["sage2-amazon-computers"]
+    both = protocols.combination_spec(sage, "dropout", 0.1, 0.3, 10, 2)
+    assert both["variant"] == "nsr+dropout" and both["dropout"] == 0.3
+    assert both["nsr_layers"] == ["layer1"] and both["nsr_weight"] == 0.1 and both["seed"] == 2
+    center = protocols.combination_spec(sage, "center-running", 0.1, 0.01, 10, 0)
+    assert center["method"] == "center-running" and center["method_layer"] == "layer1" and center["method_weight"] == 0.01
+    with pytest.raises(ValueError, match="cannot be combined"):
+        protocols.combination_spec(sage, "nsr", 0.1, 0.1, 10, 0)
+    assert protocols.paper_nsr_weight("mlp4-mnist") == 7.487 and protocols.paper_nsr_weight("lenet-fashion-mnist") is None
+
+
 def test_gnn_chapter_adds_paper_depths_without_the_grid(monkeypatch):
     calls = []
 
@@ -91,19 +103,26 @@ def test_baselines_epochs_per_setting(monkeypatch):
     assert protocols._per_setting(None, "lenet-fashion-mnist", 15, "epochs") == 15
     with pytest.raises(ValueError, match="unknown methods"):
         protocols.run_baselines_chapter(None, "x.db", methods=["nsr", "mixup"])
+    with pytest.raises(ValueError, match="combine: unknown methods"):
+        protocols.run_baselines_chapter(None, "x.db", combine=["mixup"])
+    with pytest.raises(ValueError, match=r"combine needs the searches of \['nsr'\]"):
+        protocols.run_baselines_chapter(None, "x.db", methods=["l2"], combine=["l2"])
 
 
 def test_baselines_chapter_searches_in_parallel_then_trains_the_choice(mnist, tmp_path):
     store = ResultStore(tmp_path / "baselines.jsonl")
     database = str(tmp_path / "search.db")
     kwargs = dict(settings=["mlp4-mnist"], methods=["nsr", "l1"], n_trials=2, search_epochs=1,
-                  epochs={"mlp4-mnist": 1}, seeds=[0], train_subset=200, progress=False)
+                  epochs={"mlp4-mnist": 1}, seeds=[0], train_subset=200, progress=False, combine=["l1"])
     out = protocols.run_baselines_chapter(store, database, workers=2, **kwargs)
     assert {m: len(s.trials) for (_, m), s in out["studies"].items()} == {"nsr": 2, "l1": 2}
     finals = {r["spec"]["variant"]: r for r in out["final"]}
-    assert set(finals) == {"vanilla", "nsr", "l1"} and all(r["spec"]["epochs"] == 1 for r in finals.values())
-    best = max(out["studies"][("mlp4-mnist", "nsr")].trials, key=lambda t: t.value).params["weight"]
-    assert finals["nsr"]["spec"]["nsr_weight"] == best
-    assert len(store.records()) == 2 * 2 + 3  # every trial and every final run is a results line
+    assert set(finals) == {"vanilla", "nsr", "l1", "nsr+l1"} and all(r["spec"]["epochs"] == 1 for r in finals.values())
+    best = {m: max(out["studies"][("mlp4-mnist", m)].trials, key=lambda t: t.value).params["weight"] for m in ("nsr", "l1")}
+    assert finals["nsr"]["spec"]["nsr_weight"] == best["nsr"]
+    both = finals["nsr+l1"]
+    assert both["spec"]["nsr_weight"] == best["nsr"] and both["spec"]["method_weight"] == best["l1"]
+    assert both["history"][-1]["nsr_penalty"] > 0 and finals["l1"]["history"][-1]["nsr_penalty"] == 0  # NSR really ran
+    assert len(store.records()) == 2 * 2 + 4  # every trial and every final run is a results line
     again = protocols.run_baselines_chapter(store, database, workers=1, execute=False, **kwargs)
     assert [r["key"] for r in again["final"]] == [r["key"] for r in out["final"]]
