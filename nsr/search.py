@@ -17,7 +17,7 @@ from typing import Any
 from .experiments import run_spec
 from .results import ResultStore, spec_key
 
-__all__ = ["load_study", "rdb_storage", "search_weight", "study_name", "weight_key"]
+__all__ = ["load_study", "rdb_storage", "search_weight", "study_name", "study_summary", "weight_key"]
 
 
 def weight_key(spec: Mapping[str, Any]) -> str:
@@ -96,3 +96,20 @@ def search_weight(
     if done < n_trials:
         study.optimize(objective, n_trials=n_trials - done)
     return study
+
+
+def study_summary(study: Any) -> dict[str, Any]:
+    """The chosen weight of a finished search and where it lies among the tried ones.
+
+    ``at_edge`` is "low" or "high" when the best trial is the smallest or largest weight tried (the optimum may
+    lie outside the range: widen it, which starts a new study), else "".
+    """
+    complete = [t for t in study.trials if t.value is not None]
+    if not complete:
+        raise ValueError(f"study {study.study_name!r} has no completed trial")
+    best = max(complete, key=lambda t: t.value)
+    weights = sorted(t.params["weight"] for t in complete)
+    chosen = best.params["weight"]
+    edge = "low" if chosen == weights[0] else "high" if chosen == weights[-1] else ""
+    return {"trials": len(complete), "chosen": chosen, "best validation": best.value,
+            "lowest tried": weights[0], "highest tried": weights[-1], "at_edge": edge}

@@ -8,7 +8,7 @@ import torch
 
 from nsr import baselines, models
 from nsr.results import ResultStore
-from nsr.search import search_weight
+from nsr.search import search_weight, study_summary
 
 
 def _mlp_with_batch():
@@ -83,6 +83,27 @@ def test_search_resumes_from_sqlite(tmp_path):
     again = search_weight(spec, 3, tmp_path / "search.db", store)  # resumes: one more trial
     assert len(again.trials) == 3 and [t.params["weight"] for t in again.trials[:2]] == weights
     assert all("test_error" in t.user_attrs for t in again.trials)
+    summary = study_summary(again)
+    best = max(again.trials, key=lambda t: t.value)
+    assert summary["trials"] == 3 and summary["chosen"] == best.params["weight"]
+    assert summary["lowest tried"] == min(weights + [again.trials[2].params["weight"]])
+    expected = {summary["lowest tried"]: "low", summary["highest tried"]: "high"}.get(summary["chosen"], "")
+    assert summary["at_edge"] == expected
+
+
+def test_study_summary_flags_a_choice_at_the_edge_of_the_tried_weights(tmp_path):
+    import optuna
+
+    study = optuna.create_study(direction="maximize")
+    for weight, value in ((1e-4, 0.9), (0.1, 0.8), (5.0, 0.7)):
+        study.add_trial(optuna.trial.create_trial(params={"weight": weight}, value=value,
+                                                  distributions={"weight": optuna.distributions.FloatDistribution(1e-4, 10, log=True)}))
+    assert study_summary(study)["at_edge"] == "low"
+    study.add_trial(optuna.trial.create_trial(params={"weight": 1e-3}, value=0.95,
+                                              distributions={"weight": optuna.distributions.FloatDistribution(1e-4, 10, log=True)}))
+    assert study_summary(study)["at_edge"] == "" and study_summary(study)["chosen"] == 1e-3
+    with pytest.raises(ValueError, match="no completed trial"):
+        study_summary(optuna.create_study(study_name="empty"))
 
 
 def test_method_overhead_table_times_every_method_interleaved():
