@@ -47,18 +47,21 @@ class ResultStore:
         self.path = Path(path)
 
     def records(self) -> list[dict[str, Any]]:
+        """Every finished run, once per key (the first line wins: two processes that both ran a missing spec
+        append the same deterministic run twice), in file order."""
         if not self.path.exists():
             return []
-        out = []
+        out: dict[str, dict[str, Any]] = {}
         with open(self.path) as handle:
             for line in handle:
                 line = line.strip()
                 if line:
                     try:
-                        out.append(json.loads(line))
+                        record = json.loads(line)
                     except json.JSONDecodeError:  # a line cut by a crash mid-write: ignore it
                         continue
-        return out
+                    out.setdefault(record["key"], record)
+        return list(out.values())
 
     def keys(self) -> set[str]:
         return {r["key"] for r in self.records()}

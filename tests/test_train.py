@@ -78,6 +78,8 @@ def test_grid_resumes_and_tables(tmp_path):
     assert len(records) == 4
     assert [r["key"] for r in records] == [spec_key(s) for s in specs]
     assert len(store.keys()) == 4  # the first three were not run again
+    store.append({**records[0], "wall_time": -1.0})  # a second process ran the same spec: one run per key
+    assert len(store.records()) == 4 and store.records()[0]["wall_time"] == records[0]["wall_time"]
     table = summarize(records, ["variant"])
     assert set(table["n"]) == {2}
     paired = paired_comparison(records, ["depth"], "variant", "vanilla", "nsr")
