@@ -10,6 +10,7 @@ machines can share one search through one database. Every trial's run is also a 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from .experiments import run_spec
 from .results import ResultStore, spec_key
 
-__all__ = ["load_study", "rdb_storage", "search_weight", "study_name", "study_summary", "weight_key"]
+__all__ = ["GRACE_PERIOD", "HEARTBEAT_INTERVAL", "MAX_RETRY", "load_study", "rdb_storage", "search_weight", "study_name", "study_summary", "weight_key"]
 
 
 def weight_key(spec: Mapping[str, Any]) -> str:
@@ -31,14 +32,30 @@ def study_name(spec: Mapping[str, Any], low: float, high: float, field: str | No
     return f"{spec_key({**spec, field: None})}-{low:g}-{high:g}"
 
 
+#: seconds between a running trial's heartbeats, and the silence after which another process declares it dead
+HEARTBEAT_INTERVAL = 60
+GRACE_PERIOD = 180
+#: how often a trial whose process died is run again with the same weight
+MAX_RETRY = 3
+
+
 def rdb_storage(storage: str | Path) -> Any:
     """Optuna RDB storage for a URL or a SQLite file path; SQLite waits up to 2 min for a lock, so several
-    processes can write to one database file."""
+    processes can write to one database file.
+
+    Running trials record a heartbeat; the next ``optimize`` on the study (in any process) fails a trial whose
+    heartbeat stopped more than ``GRACE_PERIOD`` seconds ago and re-enqueues its weight, so a search killed
+    mid-trial resumes with the trial it lost instead of leaving it RUNNING forever.
+    """
     import optuna
 
     url = str(storage) if "://" in str(storage) else f"sqlite:///{Path(storage).resolve()}"
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    with warnings.catch_warnings():  # the heartbeat and its retry callback are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_INTERVAL,
+                                          grace_period=GRACE_PERIOD, heartbeat_stale_trial_callback=retry)
 
 
 def load_study(spec: Mapping[str, Any], storage: str | Path, low: float, high: float, field: str | None = None) -> Any:

@@ -91,6 +91,32 @@ def test_search_resumes_from_sqlite(tmp_path):
     assert summary["at_edge"] == expected
 
 
+def test_search_retries_the_trial_of_a_killed_process(tmp_path, monkeypatch):
+    import time
+
+    import optuna
+
+    from nsr import search
+
+    monkeypatch.setattr(search, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(search, "GRACE_PERIOD", 1)
+    spec = {"dataset": "digits", "model": "mlp", "depth": 3, "epochs": 1, "lr": 0.1, "batch_size": 64, "seed": 0,
+            "method": "l1", "method_layer": "layer2"}
+    database = tmp_path / "search.db"
+    # a process that started a trial at weight 0.0123, beat once, and died
+    storage = search.rdb_storage(database)
+    dead = optuna.create_study(study_name=search.study_name(spec, 1e-4, 10.0), storage=storage, direction="maximize")
+    dead.enqueue_trial({"weight": 0.0123})
+    with pytest.warns(UserWarning, match="Heartbeat"):  # ask() does not beat by itself; the beat is recorded below
+        trial = dead.ask({"weight": optuna.distributions.FloatDistribution(1e-4, 10.0, log=True)})
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    study = search_weight(spec, 1, database, ResultStore(tmp_path / "runs.jsonl"))
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert study.trials[1].params["weight"] == 0.0123  # the lost trial is run again, not replaced by a new sample
+
+
 def test_study_summary_flags_a_choice_at_the_edge_of_the_tried_weights(tmp_path):
     import optuna
 
