@@ -63,6 +63,12 @@ def load_data(spec: Mapping[str, Any]) -> Any:
 def build_model(spec: Mapping[str, Any], data: Any) -> torch.nn.Module:
     """The spec's model for ``data`` (seed the RNG first for a reproducible initialisation)."""
     kind = spec["model"]
+    # an option a model does not have must fail, not be silently ignored (a run would repeat vanilla)
+    unsupported = [k for k, models_with in (("dropout", ("mlp", "lenet", "gcn", "sage")), ("batch_norm", ("mlp",)))
+                   if spec.get(k) and kind not in models_with]
+    if unsupported:
+        raise ValueError(f"model {kind!r} has no option {unsupported[0]!r} (given {spec[unsupported[0]]!r}); "
+                         f"remove it from the spec")
     if kind == "mlp":
         return models.mlp(
             int(spec["depth"]),
@@ -74,7 +80,7 @@ def build_model(spec: Mapping[str, Any], data: Any) -> torch.nn.Module:
     if kind == "resnet18":
         return models.resnet18_cifar(data.num_classes, int(spec.get("width", 64)), data.input_shape[0])
     if kind == "lenet":
-        return models.lenet(data.num_classes, data.input_shape[0])
+        return models.lenet(data.num_classes, data.input_shape[0], float(spec.get("dropout", 0.0)))
     if kind == "resnet50":
         return models.resnet50(data.num_classes)
     if kind == "vgg19":

@@ -12,7 +12,8 @@ Layer names follow the paper's numbering so that an experiment can say "NSR on l
   ``layer1`` … ``layer4``, pooled feature ``pool`` (512-d), logits ``fc``.
 * ``vgg19_cifar()`` — VGG-19 with BN for CIFAR of Liu et al. (2019); ``features``, pooled feature ``pool``,
   logits ``classifier``.
-* ``lenet()`` — a LeNet-5-style CNN for 28×28 images: ``block1``, ``block2``, ``fc1``, ``fc2``, ``fc3`` (logits).
+* ``lenet()`` — a LeNet-5-style CNN for 28×28 images: ``block1``, ``block2``, ``fc1``, ``fc2``, ``fc3`` (logits);
+  dropout, when asked for, is ``dropout1`` / ``dropout2`` after ``fc1`` / ``fc2``.
 * ``resnet50()`` — torchvision's ResNet-50 (``avgpool`` is the 2048-d feature the authors regularize, ``fc``
   the logits).
 """
@@ -278,20 +279,29 @@ def resnet50(num_classes: int = 1000) -> nn.Module:
     return tv_resnet50(weights=None, num_classes=num_classes)
 
 
-def lenet(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
+def lenet(num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0) -> nn.Sequential:
     """LeNet-5-style CNN for 28×28 images (the CPU-scale CNN of the CNN chapter).
 
     ``block1`` (conv 5×5, 6 maps, padding 2, ReLU, 2×2 max-pool), ``block2`` (conv 5×5, 16 maps, ReLU, max-pool),
-    ``fc1`` (400 → 120, ReLU), ``fc2`` (120 → 84, ReLU), ``fc3`` (84 → classes, logits).
+    ``fc1`` (400 → 120, ReLU), ``fc2`` (120 → 84, ReLU), ``fc3`` (84 → classes, logits). ``dropout`` > 0 adds
+    ``dropout1`` / ``dropout2`` after ``fc1`` / ``fc2`` (the classifier, as in AlexNet/VGG), separate modules so a
+    hooked response is never the dropped-out one; with ``dropout=0`` the model is unchanged.
     """
-    return nn.Sequential(OrderedDict(
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    modules: OrderedDict[str, nn.Module] = OrderedDict(
         block1=nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),
         block2=nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)),
         flatten=nn.Flatten(),
         fc1=nn.Sequential(nn.Linear(16 * 5 * 5, 120), nn.ReLU()),
-        fc2=nn.Sequential(nn.Linear(120, 84), nn.ReLU()),
-        fc3=nn.Linear(84, num_classes),
-    ))
+    )
+    if dropout > 0:
+        modules["dropout1"] = nn.Dropout(dropout)
+    modules["fc2"] = nn.Sequential(nn.Linear(120, 84), nn.ReLU())
+    if dropout > 0:
+        modules["dropout2"] = nn.Dropout(dropout)
+    modules["fc3"] = nn.Linear(84, num_classes)
+    return nn.Sequential(modules)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -83,3 +83,21 @@ def test_fast_adjacency_matches_pyg_layers_and_gradients():
     for out_channels in (4, 20):  # projecting first, and not
         same_outputs_and_gradients(models.SAGELayer(12, out_channels), SAGEConv(12, out_channels))
     same_outputs_and_gradients(models.GCNLayer(12, 5), GCNConv(12, 5))
+
+
+def test_lenet_dropout_is_applied_and_off_by_default():
+    torch.manual_seed(0)
+    plain = models.lenet()
+    assert [n for n, _ in plain.named_children()] == ["block1", "block2", "flatten", "fc1", "fc2", "fc3"]
+    torch.manual_seed(0)
+    dropped = models.lenet(dropout=0.5)
+    assert [n for n, _ in dropped.named_children()] == ["block1", "block2", "flatten", "fc1", "dropout1", "fc2", "dropout2", "fc3"]
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), dropped.state_dict().values()))
+    x = torch.rand(8, 1, 28, 28)
+    dropped.eval()
+    assert torch.equal(plain(x), dropped(x))  # eval: the same network
+    dropped.train()
+    torch.manual_seed(1)
+    assert not torch.allclose(plain(x), dropped(x))  # training: units are dropped
+    with pytest.raises(ValueError, match="dropout"):
+        models.lenet(dropout=1.0)

@@ -169,3 +169,17 @@ def test_pooled_comparison_counts_pairs_across_groups():
     assert out["pairs"] == 6 and out["treatment better"] == 4 and out["treatment worse"] == 1  # one tie dropped
     assert out["mean relative gain %"] == pytest.approx(100 * (0.1 + 0.09 + 0.08 - 0.1 + 0 + 0.05) / 6)
     assert out["sign test p"] == pytest.approx(0.375)
+
+
+def test_build_model_rejects_an_option_the_model_lacks():
+    """A competitor's option must reach the model or fail: silently ignoring it repeats the vanilla run."""
+    from types import SimpleNamespace
+
+    from nsr.experiments import build_model
+
+    data = SimpleNamespace(num_classes=10, input_shape=(1, 28, 28))
+    assert any(isinstance(m, torch.nn.Dropout) for m in build_model({"model": "lenet", "dropout": 0.3}, data).modules())
+    with pytest.raises(ValueError, match="'resnet18' has no option 'dropout'"):
+        build_model({"model": "resnet18", "width": 8, "dropout": 0.3}, SimpleNamespace(num_classes=10, input_shape=(1, 28, 28)))
+    with pytest.raises(ValueError, match="'lenet' has no option 'batch_norm'"):
+        build_model({"model": "lenet", "batch_norm": True}, data)
