@@ -502,14 +502,14 @@ def combination_spec(setting: Mapping[str, Any], method: str, nsr_value: float, 
 
 
 def _search_task(spec: Mapping[str, Any], n_trials: int, database: str, store_path: str, low: float, high: float,
-                 field: str) -> None:
+                 field: str, coverage: float | None = None) -> None:
     from .results import ResultStore
     import torch
 
     from .search import search_weight
 
     torch.set_num_threads(1)
-    search_weight(spec, n_trials, database, ResultStore(store_path), low, high, field=field)
+    search_weight(spec, n_trials, database, ResultStore(store_path), low, high, field=field, coverage=coverage)
 
 
 def _per_setting(value: int | Mapping[str, int] | None, name: str, default: int, argument: str) -> int:
@@ -538,11 +538,14 @@ def run_baselines_chapter(
     progress: bool = True,
     execute: bool = True,
     combine: Sequence[str] = (),
+    coverage: float | None = None,
 ) -> dict[str, Any]:
     """RQ2, resumable, one setting after the other: a TPE search of each method's weight on a
     ``search_epochs`` schedule (validation accuracy of seed ``seeds[0]``; ``workers`` methods searched at once,
     each study sequential and seeded), then the chosen values at ``epochs`` over ``seeds``, then NSR plus each
     method in ``combine`` (both at their own searched weights, :func:`combination_spec`; variant ``nsr+<method>``).
+    ``coverage`` (decades) adds to every search the log-grid points its TPE trials left untried
+    (:func:`nsr.search.coverage_grid`), the same rule for every method.
 
     ``epochs`` and ``search_epochs`` are one number for every setting or a mapping setting -> number;
     ``epochs=None`` uses each setting's own chapter schedule (MLP 100, GraphSAGE 200, LeNet 15 epochs).
@@ -575,7 +578,7 @@ def run_baselines_chapter(
         short = _per_setting(search_epochs, name, setting["epochs"], "search_epochs")
         searches = {m: (baseline_spec(setting, m, None, short, seeds[0]), *BASELINE_SEARCH[m]) for m in methods}
         if execute:
-            tasks = [(spec, n_trials, database, str(store.path), low, high, field)
+            tasks = [(spec, n_trials, database, str(store.path), low, high, field, coverage)
                      for spec, field, low, high in searches.values()]
             if workers == 1:
                 for task in tasks:

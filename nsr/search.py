@@ -2,7 +2,10 @@
 
 ``search_weight`` samples the weight log-uniformly in ``[low, high]`` with a seeded TPE sampler, trains the run
 ``spec`` describes (usually a shorter schedule than the final one) with that weight, and maximises the
-**validation** accuracy at the best-validation epoch — the test split is never looked at. Trials live in an
+**validation** accuracy at the best-validation epoch — the test split is never looked at. A short TPE search
+leaves whole decades of the range untried (and every study with the same seed starts from the same random
+points), so ``coverage`` then runs each point of a log grid (one per ``coverage`` decades, both bounds
+included) that lies farther than half a grid step from every tried weight (:func:`coverage_grid`). Trials live in an
 Optuna RDB storage (SQLite by default), so an interrupted search resumes where it stopped, and several
 machines can share one search through one database. Every trial's run is also a line in the results file.
 """
@@ -10,6 +13,7 @@ machines can share one search through one database. Every trial's run is also a 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import Any
 from .experiments import run_spec
 from .results import ResultStore, spec_key
 
-__all__ = ["GRACE_PERIOD", "HEARTBEAT_INTERVAL", "MAX_RETRY", "load_study", "rdb_storage", "search_weight", "study_name", "study_summary", "weight_key"]
+__all__ = ["GRACE_PERIOD", "coverage_grid", "HEARTBEAT_INTERVAL", "MAX_RETRY", "load_study", "rdb_storage", "search_weight", "study_name", "study_summary", "weight_key"]
 
 
 def weight_key(spec: Mapping[str, Any]) -> str:
@@ -69,6 +73,19 @@ def load_study(spec: Mapping[str, Any], storage: str | Path, low: float, high: f
         return None
 
 
+def coverage_grid(low: float, high: float, tried: list[float], spacing: float = 1.0) -> list[float]:
+    """The points of a log grid over ``[low, high]`` (``spacing`` decades apart, rounded so both bounds are on it)
+    that lie farther than half a step from every weight in ``tried``: the parts of the range a search skipped."""
+    if not 0 < low < high:
+        raise ValueError(f"need 0 < low < high, got {low}, {high}")
+    if spacing <= 0:
+        raise ValueError(f"spacing must be positive (decades), got {spacing!r}")
+    steps = max(1, round(math.log10(high / low) / spacing))
+    step = math.log10(high / low) / steps
+    grid = [low, *(10 ** (math.log10(low) + k * step) for k in range(1, steps)), high]
+    return [g for g in grid if all(abs(math.log10(g / t)) >= step / 2 for t in tried)]
+
+
 def search_weight(
     spec: Mapping[str, Any],
     n_trials: int,
@@ -78,12 +95,15 @@ def search_weight(
     high: float = 10.0,
     seed: int = 0,
     field: str | None = None,
+    coverage: float | None = None,
 ):  # type: ignore[no-untyped-def]
     """Run (or resume) the TPE search of ``spec``'s weight (spec field ``field``, by default
     :func:`weight_key`); return the Optuna study.
 
     The study's name is derived from the spec, so the same spec always resumes the same study; only the
-    trials still missing up to ``n_trials`` (completed ones) are run.
+    trials still missing up to ``n_trials`` (completed ones) are run. Then, with ``coverage`` (decades), each
+    :func:`coverage_grid` point the trials left out is run as one more trial (user attribute ``grid``); the
+    grid depends only on the TPE trials, so a resumed or fresh search ends with the same trials.
     """
     import optuna
 
@@ -91,6 +111,8 @@ def search_weight(
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     if not 0 < low < high:
         raise ValueError(f"need 0 < low < high, got {low}, {high}")
+    if coverage is not None and coverage <= 0:
+        raise ValueError(f"coverage must be positive (decades) or None, got {coverage!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     field = field or weight_key(spec)
     # TPE's default 10 random start-up trials would make a short search purely random: half of the budget
@@ -107,11 +129,22 @@ def search_weight(
         if store is not None:
             store.append(record)
         trial.set_user_attr("test_error", record["metrics"]["test_error"])  # reported, never optimised
+        trial.set_user_attr("grid", grid_phase)
         return float(record["metrics"]["best_val_acc"])
 
-    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    def complete() -> list[Any]:
+        return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+    grid_phase = False
+    done = len(complete())
     if done < n_trials:
         study.optimize(objective, n_trials=n_trials - done)
+    if coverage is not None:
+        grid_phase = True
+        for point in coverage_grid(low, high, [t.params["weight"] for t in complete()], coverage):
+            # skip_if_exists: a point enqueued by a process that died before running it is not queued twice
+            study.enqueue_trial({"weight": point}, skip_if_exists=True)
+            study.optimize(objective, n_trials=1)
     return study
 
 
@@ -128,5 +161,6 @@ def study_summary(study: Any) -> dict[str, Any]:
     weights = sorted(t.params["weight"] for t in complete)
     chosen = best.params["weight"]
     edge = "low" if chosen == weights[0] else "high" if chosen == weights[-1] else ""
-    return {"trials": len(complete), "chosen": chosen, "best validation": best.value,
+    grid = sum(bool(t.user_attrs.get("grid")) for t in complete)
+    return {"trials": len(complete), "grid trials": grid, "chosen": chosen, "best validation": best.value,
             "lowest tried": weights[0], "highest tried": weights[-1], "at_edge": edge}

@@ -142,3 +142,40 @@ def test_method_overhead_table_times_every_method_interleaved():
         overhead.method_overhead_table(["mixup"])
     with pytest.raises(ValueError, match="rounds and steps"):
         overhead.measure_many({"a": lambda: None}, 0, 1)
+
+
+def test_coverage_grid_fills_the_decades_a_search_skipped():
+    from nsr.search import coverage_grid
+
+    assert coverage_grid(1e-4, 10.0, []) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    # half a decade from a tried weight counts as covered; the bounds are grid points like any other
+    assert coverage_grid(1e-4, 10.0, [1.3e-4, 3.9e-3, 0.053, 0.38, 7.5]) == pytest.approx([1e-3])
+    assert coverage_grid(0.02, 0.7, [], spacing=1.0) == pytest.approx([0.02, 0.1183216, 0.7])
+    assert coverage_grid(1e-4, 10.0, [], spacing=2.5) == pytest.approx([1e-4, 10 ** -1.5, 10.0])
+    with pytest.raises(ValueError, match="spacing"):
+        coverage_grid(1e-4, 10.0, [], spacing=0)
+    with pytest.raises(ValueError, match="low < high"):
+        coverage_grid(1.0, 1.0, [])
+
+
+def test_search_with_coverage_runs_the_untried_grid_points_once(tmp_path):
+    from nsr.search import coverage_grid
+
+    spec = {"dataset": "digits", "model": "mlp", "depth": 3, "epochs": 1, "lr": 0.1, "batch_size": 64, "seed": 0,
+            "method": "l1", "method_layer": "layer2"}
+    store = ResultStore(tmp_path / "runs.jsonl")
+    plain = search_weight(spec, 2, tmp_path / "plain.db", store)
+    tpe = [t.params["weight"] for t in plain.trials]
+    missing = coverage_grid(1e-4, 10.0, tpe, 2.5)
+    assert missing  # two random weights cannot cover three grid points 2.5 decades apart
+    study = search_weight(spec, 2, tmp_path / "covered.db", store, coverage=2.5)
+    weights = [t.params["weight"] for t in study.trials]
+    assert weights[:2] == tpe  # the TPE trials are those of the search without coverage
+    assert weights[2:] == pytest.approx(missing)
+    assert [t.user_attrs["grid"] for t in study.trials] == [False, False] + [True] * len(missing)
+    assert coverage_grid(1e-4, 10.0, weights, 2.5) == []
+    assert study_summary(study)["grid trials"] == len(missing)
+    again = search_weight(spec, 2, tmp_path / "covered.db", store, coverage=2.5)  # resumes: nothing left to run
+    assert len(again.trials) == len(study.trials)
+    with pytest.raises(ValueError, match="coverage"):
+        search_weight(spec, 2, tmp_path / "covered.db", store, coverage=-1.0)
