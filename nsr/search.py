@@ -136,7 +136,7 @@ def search_weight(
         return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
 
     grid_phase = False
-    done = len(complete())
+    done = sum(not t.user_attrs.get("grid") for t in complete())  # grid trials do not count towards n_trials
     if done < n_trials:
         study.optimize(objective, n_trials=n_trials - done)
     if coverage is not None:

@@ -177,5 +177,8 @@ def test_search_with_coverage_runs_the_untried_grid_points_once(tmp_path):
     assert study_summary(study)["grid trials"] == len(missing)
     again = search_weight(spec, 2, tmp_path / "covered.db", store, coverage=2.5)  # resumes: nothing left to run
     assert len(again.trials) == len(study.trials)
+    more = search_weight(spec, 3, tmp_path / "covered.db", store, coverage=2.5)  # one more TPE trial, grid re-checked
+    assert sum(not t.user_attrs["grid"] for t in more.trials) == 3
+    assert coverage_grid(1e-4, 10.0, [t.params["weight"] for t in more.trials], 2.5) == []
     with pytest.raises(ValueError, match="coverage"):
         search_weight(spec, 2, tmp_path / "covered.db", store, coverage=-1.0)
