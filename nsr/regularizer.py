@@ -14,6 +14,7 @@ constants: the gradient flows to the current responses only.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,6 +26,15 @@ from torch.utils.hooks import RemovableHandle
 from .measures import check_batch
 
 __all__ = ["NeuronSteadiness"]
+
+
+@dataclass
+class _Cursor:
+    """Where the queue stands. A plain object: assigning attributes of an ``nn.Module`` goes through its slow
+    ``__setattr__`` (~7 µs a time), which on a small layer is a visible share of the penalty's cost."""
+
+    position: int = 0  # next slot to write
+    filled: int = 0  # number of slots holding a batch
 
 
 def _layer_names(model: nn.Module) -> list[str]:
@@ -73,8 +83,7 @@ class NeuronSteadiness(nn.Module):
         # wraps, so rounding cannot accumulate beyond M steps however long the run.
         self.register_buffer("queue", torch.zeros(queue_length, num_classes, 0))
         self.register_buffer("totals", torch.zeros(num_classes, 0))
-        self._position = 0  # next slot to write
-        self._filled = 0  # number of slots holding a batch
+        self._cursor = _Cursor()
         self._ones: Tensor | None = None
         self._hook: RemovableHandle | None = None
         self._latest: Tensor | None = None
@@ -90,14 +99,13 @@ class NeuronSteadiness(nn.Module):
     @property
     def filled(self) -> int:
         """How many of the ``queue_length`` slots hold a mini-batch."""
-        return self._filled
+        return self._cursor.filled
 
     def reset(self) -> None:
         """Empty the queue (keeps the layer width)."""
         self.queue.zero_()
         self.totals.zero_()
-        self._position = 0
-        self._filled = 0
+        self._cursor = _Cursor()
 
     def centroids(self) -> Tensor:
         """Class centroids ``[J, N]`` over the queue (zeros for classes the queue has not seen)."""
@@ -106,11 +114,10 @@ class NeuronSteadiness(nn.Module):
         return self.totals[:, :-1] / self.totals[:, -1:].clamp_min(1)
 
     def get_extra_state(self) -> dict[str, int]:
-        return {"position": self._position, "filled": self._filled}
+        return {"position": self._cursor.position, "filled": self._cursor.filled}
 
     def set_extra_state(self, state: dict[str, int]) -> None:
-        self._position = int(state["position"])
-        self._filled = int(state["filled"])
+        self._cursor = _Cursor(int(state["position"]), int(state["filled"]))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         # The layer width is only known after the first batch: take the saved buffers' shapes.
@@ -123,7 +130,7 @@ class NeuronSteadiness(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, queue_length={self.queue_length}, weight={self.weight}, "
-            f"num_features={self.num_features}, filled={self._filled}"
+            f"num_features={self.num_features}, filled={self._cursor.filled}"
         )
 
     # ------------------------------------------------------------------ checks
@@ -183,19 +190,20 @@ class NeuronSteadiness(nn.Module):
         self.totals = torch.zeros(self.num_classes, width + 1, device=device)
 
     def _push(self, stats: Tensor) -> None:
-        slot = self.queue[self._position]
+        cursor, queue, totals = self._cursor, self.queue, self.totals
+        slot = queue[cursor.position]
         if self.queue_length == 1:
             slot.copy_(stats)
-            self.totals.copy_(stats)
-        elif self._position == 0 and self._filled == self.queue_length:
+            totals.copy_(stats)
+        elif cursor.position == 0 and cursor.filled == self.queue_length:
             # wrap-around: recompute the running totals from the slots, in float64
             slot.copy_(stats)
-            self.totals.copy_(self.queue.sum(0, dtype=torch.float64))
+            totals.copy_(queue.sum(0, dtype=torch.float64))
         else:
-            self.totals.sub_(slot).add_(stats)
+            totals.sub_(slot).add_(stats)
             slot.copy_(stats)
-        self._position = (self._position + 1) % self.queue_length
-        self._filled = min(self._filled + 1, self.queue_length)
+        cursor.position = (cursor.position + 1) % self.queue_length
+        cursor.filled = min(cursor.filled + 1, self.queue_length)
 
     # ------------------------------------------------------------------ penalty
     def forward(self, responses: Tensor, labels: Tensor) -> Tensor:
