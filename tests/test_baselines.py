@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -136,12 +138,32 @@ def test_method_overhead_table_times_every_method_interleaved():
     from nsr import overhead
 
     table = overhead.method_overhead_table(["nsr", "jacobian", "dropout"], rounds=2, steps=2)
-    assert list(table["method"]) == ["vanilla", "nsr", "jacobian", "dropout"]
+    assert list(table["method"]) == ["vanilla", overhead.CONTROL, "nsr", "jacobian", "dropout"]
     assert (table["step (ms)"] > 0).all() and table["ratio to vanilla"].iloc[0] == 1.0
     with pytest.raises(ValueError, match="unknown methods"):
         overhead.method_overhead_table(["mixup"])
     with pytest.raises(ValueError, match="rounds and steps"):
-        overhead.measure_many({"a": lambda: None}, 0, 1)
+        overhead.measure_many({"a": lambda: lambda: None}, 0, 1)
+
+
+def test_measure_many_builds_each_variant_every_round_and_pairs_rounds():
+    from nsr import overhead
+
+    built: list[str] = []
+
+    def builder(name: str, seconds: float):  # type: ignore[no-untyped-def]
+        def make():  # type: ignore[no-untyped-def]
+            built.append(name)
+            return lambda: time.sleep(seconds)
+
+        return make
+
+    times = overhead.measure_many({"vanilla": builder("vanilla", 0.001), "slow": builder("slow", 0.003)}, rounds=3, steps=2, warmup=0)
+    assert sorted(built) == ["slow"] * 3 + ["vanilla"] * 3
+    assert [len(t) for t in times.values()] == [3, 3]
+    median, q1, q3 = overhead.ratio_summary(times, "slow")
+    assert q1 <= median <= q3 and median > 1.5
+    assert overhead.ratio_summary(times, "vanilla") == (1.0, 1.0, 1.0)
 
 
 def test_coverage_grid_fills_the_decades_a_search_skipped():
