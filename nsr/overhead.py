@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,14 +26,20 @@ __all__ = ["CONTROL", "PAPER", "PAPER_EPOCH_SECONDS", "StepBuilder", "cases", "m
 
 PAPER_EPOCH_SECONDS = {"MLP-4": (2.19, 2.54), "ResNet-18": (15.45, 16.56), "GraphSAGE-2": (0.0489, 0.0569)}
 
-def _image_step(model: torch.nn.Module, reg: NeuronSteadiness | None, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+def _image_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, extra: Sequence[torch.nn.Module] = (),
+                smoothing: float = 0.0) -> Callable[[], None]:
+    """One SGD step of ``model`` on ``(x, y)``: cross-entropy (``label_smoothing``) plus the loss of each module in
+    ``extra`` — :class:`NeuronSteadiness` or an :class:`nsr.baselines.Method`, optimised with the model."""
+    params = [*model.parameters(), *(p for m in extra for p in m.parameters())]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    input_grad = any(getattr(m, "needs_input_grad", False) for m in extra)
 
     def step() -> None:
-        out = model(x)
-        loss = F.cross_entropy(out, y)
-        if reg is not None:
-            loss = loss + reg.penalty(y)
+        xb = x.clone().requires_grad_() if input_grad else x
+        out = model(xb)
+        loss = F.cross_entropy(out, y, label_smoothing=smoothing)
+        for m in extra:
+            loss = loss + (m.penalty(y) if isinstance(m, NeuronSteadiness) else m(xb, out, y, None))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -108,12 +114,12 @@ def cases(names: list[str], resnet_batch: int = 32, resnet_width: int = 64) -> I
     if "mlp4" in names:
         x, y = torch.rand(100, 1, 28, 28), torch.randint(0, 10, (100,))
         yield "MLP-4", 500, _variants(
-            lambda: models.mlp(4), "layer4", 10, 5, lambda m, r: _image_step(m, r, x, y)
+            lambda: models.mlp(4), "layer4", 10, 5, lambda m, r: _image_step(m, x, y, [r] if r is not None else [])
         )
     if "resnet18" in names:
         x, y = torch.rand(resnet_batch, 3, 32, 32), torch.randint(0, 10, (resnet_batch,))
         yield "ResNet-18", -(-50_000 // resnet_batch), _variants(
-            lambda: models.resnet18_cifar(width=resnet_width), "fc", 10, 1, lambda m, r: _image_step(m, r, x, y)
+            lambda: models.resnet18_cifar(width=resnet_width), "fc", 10, 1, lambda m, r: _image_step(m, x, y, [r] if r is not None else [])
         )
     if "sage2" in names:
         data, what = amazon_computers_graph()
@@ -196,22 +202,7 @@ def method_overhead_table(methods: list[str], rounds: int = 9, steps: int = 20):
             elif method in METHODS:
                 width = layer_width(model, "layer4", x)
                 extra.append(build_method(method, 1.0, "layer4", 10, width).attach(model))
-            smoothing = 0.1 if method == "label-smoothing" else 0.0
-            params = list(model.parameters()) + [p for m in extra for p in m.parameters()]
-            opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-            input_grad = any(getattr(m, "needs_input_grad", False) for m in extra)
-
-            def step() -> None:
-                xb = x.clone().requires_grad_() if input_grad else x
-                out = model(xb)
-                loss = F.cross_entropy(out, y, label_smoothing=smoothing)
-                for m in extra:
-                    loss = loss + (m.penalty(y) if isinstance(m, NeuronSteadiness) else m(xb, out, y, None))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            return step
+            return _image_step(model, x, y, extra, smoothing=0.1 if method == "label-smoothing" else 0.0)
 
         return make
 

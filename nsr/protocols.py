@@ -25,6 +25,8 @@ __all__ = [
     "run_gnn_chapter",
     "run_cnn_chapter",
     "cnn_gpu_specs",
+    "tag_settings",
+    "baselines_table",
 ]
 
 #: Appendix Table 2 (lambda for MLP and CNN).
@@ -459,6 +461,49 @@ def paper_nsr_weight(setting: str) -> float | None:
     if setting == "sage2-amazon-computers":
         return paper_gnn_lambda("amazon-computers", "sage", 2)
     return None
+
+
+def tag_settings(records: Sequence[dict[str, Any]], settings: Sequence[str], train_subset: int | None = None) -> Sequence[dict[str, Any]]:
+    """Set ``spec["setting"]`` of every record to the comparison setting among ``settings`` whose dataset and model
+    it ran (None if none), so tables and paired tests can group by setting; returns ``records``."""
+    named = baseline_settings(train_subset)
+    for r in records:
+        r["spec"]["setting"] = next((n for n in settings if all(r["spec"].get(k) == named[n].get(k) for k in ("dataset", "model"))), None)
+    return records
+
+
+def baselines_table(final: Sequence[Mapping[str, Any]], settings: Sequence[str], methods: Sequence[str], combine: Sequence[str] = ()):  # type: ignore[no-untyped-def]
+    """The RQ2 table: per setting (records tagged by :func:`tag_settings`) and method — vanilla, ``methods``, then
+    ``nsr+<m>`` for ``m`` in ``combine`` — the searched weight, NSR's λ (and the paper's), test error % mean ± std
+    over seeds, the paper's value (:data:`PAPER_RQ2_ERROR`) and paired-test p-values vs vanilla, vs NSR and, for a
+    combination, vs the method alone (:func:`nsr.results.paired_comparison`)."""
+    import pandas as pd
+
+    from .results import mean_std, paired_comparison
+
+    rows = []
+    for setting in settings:
+        recs = [r for r in final if r["spec"]["setting"] == setting]
+        for method in ["vanilla", *methods, *[f"nsr+{m}" for m in combine]]:
+            mine = [r for r in recs if r["spec"]["variant"] == method]
+            if not mine:
+                continue
+            alone = method.removeprefix("nsr+")
+            mean, std = mean_std([r["metrics"]["test_error"] for r in mine])
+            field = BASELINE_SEARCH.get(alone, (None,))[0] if alone != "nsr" else None
+            row = {"setting": setting, "method": method, "weight": mine[0]["spec"].get(field) if field else None,
+                   "λ": mine[0]["spec"].get("nsr_weight") if "nsr" in method else None,
+                   "paper λ": paper_nsr_weight(setting) if method == "nsr" else None,
+                   "test error": mean, "std": std, "seeds": len(mine),
+                   "paper": PAPER_RQ2_ERROR.get(setting, {}).get(method, (float("nan"),))[0],
+                   "p vs vanilla": float("nan"), "p vs nsr": float("nan"), "p vs alone": float("nan")}
+            refs = {"p vs vanilla": "vanilla", "p vs nsr": "nsr", "p vs alone": alone if alone != method else None}
+            for column, ref in refs.items():
+                if ref is not None and ref != method:
+                    t = paired_comparison(recs, ["setting"], "variant", ref, method)
+                    row[column] = float(t["p_value"].iloc[0]) if len(t) else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def baseline_spec(setting: Mapping[str, Any], method: str, value: float | None, epochs: int, seed: int) -> dict[str, Any]:

@@ -80,8 +80,9 @@ def coverage_grid(low: float, high: float, tried: list[float], spacing: float = 
         raise ValueError(f"need 0 < low < high, got {low}, {high}")
     if spacing <= 0:
         raise ValueError(f"spacing must be positive (decades), got {spacing!r}")
-    steps = max(1, round(math.log10(high / low) / spacing))
-    step = math.log10(high / low) / steps
+    decades = math.log10(high / low)
+    steps = max(1, round(decades / spacing))
+    step = decades / steps
     grid = [low, *(10 ** (math.log10(low) + k * step) for k in range(1, steps)), high]
     return [g for g in grid if all(abs(math.log10(g / t)) >= step / 2 for t in tried)]
 
